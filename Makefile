@@ -1,0 +1,94 @@
+# predictd — GNU Makefile.
+#
+#   make run      install missing Debian packages, build, serve the bundled demo models
+#   make test     install what the tests need, build, run every test (plain and ASan+UBSan)
+#   make bench    performance figures against the peers (not part of `make test`)
+#   make asan     the ASan+UBSan build in build-asan/
+#   make install  PREFIX=/usr/local DESTDIR=
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+
+PKGS := libmicrohttpd jansson openblas libuv libutf8proc libpng libjpeg
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror -Wshadow \
+           -Wno-missing-field-initializers -fno-strict-aliasing -MMD -MP
+CPPFLAGS += -I. $(PKG_CFLAGS)
+LDLIBS  += $(PKG_LIBS) -lm -pthread
+
+# Everything except the daemon's main() goes into one static library that the
+# daemon and the tests both link, so a test exercises exactly the shipped code.
+LIB_SRC  := $(sort $(wildcard engine/*.c models/*.c server/*.c))
+# EXCLUDE leaves out files still being written, e.g. make EXCLUDE=models/x.c
+LIB_SRC  := $(filter-out server/main.c $(EXCLUDE),$(LIB_SRC))
+TEST_SRC := $(filter-out $(EXCLUDE),$(sort $(wildcard tests/unit/*.c)))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ := $(BUILD)/obj/server/main.o
+
+.PHONY: all deps run test unit-test http-test asan asan-test bench install clean
+
+all: $(BUILD)/predictd $(BUILD)/unit_tests
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libpredictd.a: $(LIB_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/predictd: $(MAIN_OBJ) $(BUILD)/libpredictd.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libpredictd.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Installs the Debian packages the build and the tests need, when missing.
+deps:
+	@scripts/install-deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/predictd --model models/demo/sst2-distilbert-small
+
+unit-test: $(BUILD)/unit_tests $(BUILD)/predictd
+	$(BUILD)/unit_tests
+
+http-test: $(BUILD)/predictd
+	tests/http/run.sh $(BUILD)/predictd
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit-test
+	@$(MAKE) --no-print-directory http-test
+	@$(MAKE) --no-print-directory asan-test
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all
+
+# OpenBLAS's own threads trip LeakSanitizer's thread bookkeeping at exit, not leaks of ours.
+asan-test: asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 build-asan/unit_tests
+	ASAN_OPTIONS=detect_leaks=1 tests/http/run.sh build-asan/predictd
+
+bench: $(BUILD)/predictd
+	scripts/bench.sh
+
+install: $(BUILD)/predictd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/predictd
+	install -m 755 $(BUILD)/predictd $(DESTDIR)$(PREFIX)/bin/predictd
+	install -m 644 config/predictd.example.json $(DESTDIR)$(PREFIX)/share/predictd/
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
