@@ -1,0 +1,29 @@
+/* Scaled dot-product attention.
+ *
+ * Batches are packed, not padded: the rows of every sequence follow one
+ * another, and seq_off[s] .. seq_off[s+1] are sequence s's rows. Attention
+ * runs per sequence, so no token ever sees another sequence's tokens: this is
+ * the padding mask, without computing the padding. */
+#ifndef ENG_ATTENTION_H
+#define ENG_ATTENTION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* One head: out (Lq, hd) = softmax(scale · q kᵀ) v.
+ * q: (Lq, hd) with row stride ldq; k, v: (Lk, hd) with strides ldk, ldv;
+ * out: row stride ldo. When causal, query i stands at position Lk - Lq + i
+ * and sees keys 0 .. Lk - Lq + i (the KV-cache case when Lq < Lk).
+ * scores: scratch of Lq * Lk floats. */
+void eng_attend_head(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                     int Lq, int Lk, int hd, float scale, bool causal, float *out, int ldo,
+                     float *scores);
+
+/* Multi-head self-attention over a packed batch.
+ * q, k, v: (T, n_heads * hd) with row stride ld, head h in columns h*hd ..;
+ * ctx: (T, n_heads * hd) contiguous; seq_off: (n_seq + 1) row offsets;
+ * scores: scratch of max_len² floats, max_len the longest sequence. */
+void eng_self_attention(const float *q, const float *k, const float *v, int ld, const int *seq_off,
+                        int n_seq, int n_heads, int hd, bool causal, float *ctx, float *scores);
+
+#endif

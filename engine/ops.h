@@ -1,0 +1,36 @@
+/* Element-wise and row-wise operations of transformer blocks, in float32.
+ * Shapes are given as (rows, cols) of contiguous row-major data. */
+#ifndef ENG_OPS_H
+#define ENG_OPS_H
+
+#include <stddef.h>
+
+/* out (n, d) = LayerNorm(x) * gamma + beta over each row; out may equal x. */
+void eng_layernorm(float *out, const float *x, int n, int d, const float *gamma,
+                   const float *beta, float eps);
+
+/* x (n, d) = LayerNorm(x + residual) * gamma + beta: the post-LN residual step. */
+void eng_add_layernorm(float *x, const float *residual, int n, int d, const float *gamma,
+                       const float *beta, float eps);
+
+/* y[i] += x[i] for n elements. */
+void eng_add(float *y, const float *x, size_t n);
+
+/* Activations, in place over n elements. */
+void eng_gelu_erf(float *x, size_t n);   /* 0.5 x (1 + erf(x / sqrt 2)): BERT's "gelu" */
+void eng_gelu_tanh(float *x, size_t n);  /* GPT-2's "gelu_new" */
+void eng_quick_gelu(float *x, size_t n); /* x sigmoid(1.702 x): CLIP's "quick_gelu" */
+void eng_relu(float *x, size_t n);
+
+typedef void (*eng_activation_fn)(float *x, size_t n);
+/* Maps a Hugging Face activation name ("gelu", "gelu_new", "quick_gelu",
+ * "relu", ...) to its function; NULL when unknown. */
+eng_activation_fn eng_activation_by_name(const char *name);
+
+/* Softmax of one row of n values, in place, max-subtracted for stability. */
+void eng_softmax(float *x, int n);
+
+/* log_softmax of one row of n values into out (may equal x). */
+void eng_log_softmax(float *out, const float *x, int n);
+
+#endif

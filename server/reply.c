@@ -1,0 +1,83 @@
+#include "server/reply.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+void srv_reply_init(srv_reply *r)
+{
+    r->status = 0;
+    r->content_type = NULL;
+    r->allow = NULL;
+    srv_buf_init(&r->body);
+}
+
+void srv_reply_free(srv_reply *r)
+{
+    srv_buf_free(&r->body);
+}
+
+void srv_reply_json(srv_reply *r, int status)
+{
+    r->status = status;
+    r->content_type = "application/json";
+    srv_buf_clear(&r->body);
+}
+
+void srv_reply_detail(srv_reply *r, int status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    srv_reply_json(r, status);
+    srv_buf_puts(&r->body, "{\"detail\":");
+    srv_json_cstr(&r->body, msg);
+    srv_buf_puts(&r->body, "}");
+}
+
+void srv_reply_invalid(srv_reply *r, const char *type, const char *where, const char *field,
+                       const char *msg, const char *input_json)
+{
+    srv_reply_json(r, 422);
+    srv_buf *b = &r->body;
+    srv_buf_puts(b, "{\"detail\":[{\"type\":");
+    srv_json_cstr(b, type);
+    srv_buf_puts(b, ",\"loc\":[");
+    srv_json_cstr(b, where);
+    if (field) {
+        srv_buf_puts(b, ",");
+        srv_json_cstr(b, field);
+    }
+    srv_buf_puts(b, "],\"msg\":");
+    srv_json_cstr(b, msg);
+    srv_buf_printf(b, ",\"input\":%s}]}", input_json ? input_json : "null");
+}
+
+void srv_reply_json_invalid(srv_reply *r, int pos, const char *why)
+{
+    srv_reply_json(r, 422);
+    srv_buf *b = &r->body;
+    srv_buf_printf(b, "{\"detail\":[{\"type\":\"json_invalid\",\"loc\":[\"body\",%d],"
+                      "\"msg\":\"JSON decode error\",\"input\":{},\"ctx\":{\"error\":", pos);
+    srv_json_cstr(b, why);
+    srv_buf_puts(b, "}}]}");
+}
+
+const char *srv_status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    }
+    return "";
+}

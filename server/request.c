@@ -1,0 +1,38 @@
+#include "server/request.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+
+int srv_json_body(const srv_request *in, void **root, srv_reply *err)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(in->body ? in->body : "", in->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!v) {
+        srv_reply_json_invalid(err, jerr.position, jerr.text);
+        return -1;
+    }
+    if (!json_is_object(v)) {
+        char *input = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        srv_reply_invalid(err, "dict_type", "body", NULL, "Input should be a valid dictionary", input);
+        free(input);
+        json_decref(v);
+        return -1;
+    }
+    *root = v;
+    return 0;
+}
+
+char *srv_json_dump(const void *value)
+{
+    return value ? json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+}
+
+void srv_reply_eng_error(srv_reply *r, const eng_err *err)
+{
+    int status = 500;
+    if (err->code == ENG_EFORMAT || err->code == ENG_ETOOLONG || err->code == ENG_EINVAL)
+        status = 422;
+    else if (err->code == ENG_ENOMEM)
+        status = 503;
+    srv_reply_detail(r, status, "%s", err->msg);
+}

@@ -1,0 +1,37 @@
+/* A request as the task layers see it, whatever carried it (HTTP or the CLI). */
+#ifndef SRV_REQUEST_H
+#define SRV_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "engine/error.h"
+#include "server/reply.h"
+
+typedef struct srv_limits {
+    size_t max_client_batch; /* texts in one request's "inputs" list */
+    int max_input_tokens;    /* 0: the model's own maximum */
+} srv_limits;
+
+typedef struct srv_request {
+    const char *query_text; /* the ?text= parameter, or NULL */
+    size_t query_text_len;
+    const char *body;       /* the raw body (may be empty) */
+    size_t body_len;
+    const char *content_type;
+    const srv_limits *limits;
+} srv_request;
+
+/* Parses a JSON body into *root (a json_t *, kept opaque here so that only the
+ * JSON layer includes jansson). On failure returns -1 with a 422 json_invalid
+ * in err; an object is required unless allow_any. */
+int srv_json_body(const srv_request *in, void **root, srv_reply *err);
+
+/* Writes the JSON encoding of a jansson value (for the "input" of an error). */
+char *srv_json_dump(const void *value);
+
+/* Maps a tokenizer/engine error to a reply: ENG_EFORMAT and ENG_ETOOLONG are
+ * the client's (422), ENG_ENOMEM is 503, anything else 500. */
+void srv_reply_eng_error(srv_reply *r, const eng_err *err);
+
+#endif
