@@ -16,9 +16,12 @@ PKGS := libmicrohttpd jansson openblas libuv libutf8proc libpng libjpeg
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
+# CFLAGS is the user's (optimisation, sanitizers); the language and warning
+# flags are always added, so `make CFLAGS=...` cannot drop -Werror.
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror -Wshadow \
-           -Wno-missing-field-initializers -fno-strict-aliasing -MMD -MP
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror -Wshadow \
+               -Wno-missing-field-initializers -fno-strict-aliasing -MMD -MP
+ALL_CFLAGS = $(BASE_CFLAGS) $(CFLAGS)
 CPPFLAGS += -I. $(PKG_CFLAGS)
 LDLIBS  += $(PKG_LIBS) -lm -pthread
 
@@ -31,6 +34,8 @@ TEST_SRC := $(filter-out $(EXCLUDE),$(sort $(wildcard tests/unit/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 MAIN_OBJ := $(BUILD)/obj/server/main.o
+BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
+BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/%)
 
 .PHONY: all deps run test unit-test http-test asan asan-test bench install clean
 
@@ -38,17 +43,21 @@ all: $(BUILD)/predictd $(BUILD)/unit_tests
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libpredictd.a: $(LIB_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/predictd: $(MAIN_OBJ) $(BUILD)/libpredictd.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libpredictd.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Each tests/bench/*.c is a program of its own.
+$(BUILD)/%: $(BUILD)/obj/tests/bench/%.o $(BUILD)/libpredictd.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Installs the Debian packages the build and the tests need, when missing.
 deps:
@@ -80,8 +89,8 @@ asan-test: asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 build-asan/unit_tests
 	ASAN_OPTIONS=detect_leaks=1 tests/http/run.sh build-asan/predictd
 
-bench: $(BUILD)/predictd
-	scripts/bench.sh
+bench: $(BUILD)/predictd $(BENCH_BIN)
+	scripts/bench.sh $(BUILD)
 
 install: $(BUILD)/predictd
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/predictd
@@ -91,4 +100,4 @@ install: $(BUILD)/predictd
 clean:
 	rm -rf build build-asan
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(BENCH_SRC:%.c=$(BUILD)/obj/%.d)

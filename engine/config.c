@@ -1,6 +1,7 @@
 #include "engine/config.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,9 @@ int eng_config_load(const char *path, eng_config **out, eng_err *err)
     if (stat(path, &sb) != 0)
         return eng_err_set(err, ENG_ENOTFOUND, "%s: no such file", path);
     json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    /* Integers are read as reals: tokenizer configs hold sentinels such as
+     * 1000000000000000019884624838656 that overflow jansson's integers. */
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &jerr);
     if (!root)
         return eng_err_set(err, ENG_EFORMAT, "%s: not valid JSON: %s (line %d)", path, jerr.text,
                            jerr.line);
@@ -95,9 +98,10 @@ long eng_config_int_or(eng_config *cfg, const char *key, long dflt)
     json_t *v = lookup(cfg, key);
     if (!v)
         return dflt;
-    /* save_pretrained writes integral floats (e.g. 1e-12 is not one, but
-     * "max_position_embeddings": 512.0 occurs), so accept those. */
-    if (json_is_real(v) && json_real_value(v) == (double)(long)json_real_value(v))
+    /* Every number is a real here (see eng_config_load): an integer field
+     * is one whose value is integral. */
+    if (json_is_real(v) && fabs(json_real_value(v)) < 9e18 &&
+        json_real_value(v) == (double)(long)json_real_value(v))
         return (long)json_real_value(v);
     if (!json_is_integer(v)) {
         eng_config_fail(cfg, "field \"%s\" must be an integer", key);
