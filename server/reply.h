@@ -9,7 +9,7 @@
 typedef struct srv_reply {
     int status;               /* 0 while unset */
     const char *content_type; /* static string */
-    const char *allow;        /* the Allow header of a 405, or NULL */
+    char allow[64];           /* the Allow header of a 405, or empty */
     srv_buf body;
 } srv_reply;
 

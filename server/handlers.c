@@ -1,0 +1,269 @@
+#include "server/handlers.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/classify.h"
+#include "server/docs.h"
+#include "server/log.h"
+#include "server/server.h"
+#include "server/tokenize.h"
+
+/* What the dispatcher learned about a request, kept until it completes. */
+typedef struct req_ctx {
+    const srv_route *route;
+    srv_worker *worker; /* the model named in the path, or the default model */
+} req_ctx;
+
+static srv_request request_of(srv_server *s, srv_conn *c)
+{
+    srv_request in = {.limits = &s->limits, .content_type = srv_conn_header(c, "Content-Type")};
+    in.query_text = srv_conn_query(c, "text", &in.query_text_len);
+    in.body = srv_conn_body(c, &in.body_len);
+    return in;
+}
+
+/* Answers 503 unless the server is ready and the model loaded. */
+static bool ready(srv_server *s, srv_conn *c)
+{
+    if (s->state == SRV_STATE_READY)
+        return true;
+    srv_reply_detail(srv_conn_reply(c), 503, s->state == SRV_STATE_LOADING
+                                                 ? "Model is loading" : "Service is shutting down");
+    srv_conn_send(c);
+    return false;
+}
+
+/* ---- POST /predict ------------------------------------------------------------ */
+
+static void predict_classify(srv_server *s, srv_conn *c, srv_worker *w)
+{
+    srv_request in = request_of(s, c);
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
+        srv_conn_send(c);
+        return;
+    }
+    if (srv_classify_parse(w->model, &in, &job->cls, srv_conn_reply(c))) {
+        free(job);
+        srv_conn_send(c);
+        return;
+    }
+    job->worker = w;
+    job->n_seq = (int)job->cls.n;
+    for (size_t i = 0; i < job->cls.n; i++)
+        job->n_tokens += (int)job->cls.enc[i].n;
+    srv_metrics_input_tokens(s->metrics, w->name, job->n_tokens);
+    srv_server_submit(s, c, job);
+}
+
+static void handle_predict(void *server, srv_conn *c, void *ctx)
+{
+    srv_server *s = server;
+    srv_worker *w = ((req_ctx *)ctx)->worker;
+    if (!ready(s, c))
+        return;
+    switch (w->model->task) {
+    case MODEL_TASK_CLASSIFY:
+        predict_classify(s, c, w);
+        return;
+    default:
+        srv_reply_detail(srv_conn_reply(c), 501, "task %s is not served yet",
+                         model_task_name(w->model->task));
+        srv_conn_send(c);
+    }
+}
+
+/* ---- POST /tokenize ------------------------------------------------------------ */
+
+static void handle_tokenize(void *server, srv_conn *c, void *ctx)
+{
+    srv_server *s = server;
+    srv_worker *w = ((req_ctx *)ctx)->worker;
+    if (!ready(s, c))
+        return;
+    srv_request in = request_of(s, c);
+    srv_tokenize_handle(w->model, &in, srv_conn_reply(c));
+    srv_conn_send(c);
+}
+
+/* ---- operations ------------------------------------------------------------------- */
+
+static void handle_health(void *server, srv_conn *c, void *ctx)
+{
+    (void)ctx;
+    srv_server *s = server;
+    static const char *const states[] = {"loading", "ok", "stopping"};
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, s->state == SRV_STATE_READY ? 200 : 503);
+    srv_buf_printf(&r->body, "{\"status\":\"%s\"}", states[s->state]);
+    srv_conn_send(c);
+}
+
+static void handle_metrics(void *server, srv_conn *c, void *ctx)
+{
+    (void)ctx;
+    srv_server *s = server;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, 200);
+    r->content_type = SRV_METRICS_CONTENT_TYPE;
+    srv_metrics_render(s->metrics, &r->body);
+    srv_conn_send(c);
+}
+
+static void write_model(srv_server *s, size_t i, srv_buf *b)
+{
+    const srv_model_spec *spec = &s->opts->models[i];
+    const model *m = s->models[i];
+    srv_buf_puts(b, "{\"name\":");
+    srv_json_cstr(b, spec->name);
+    srv_buf_printf(b, ",\"default\":%s,\"loaded\":%s", i == 0 ? "true" : "false",
+                   m && s->state != SRV_STATE_LOADING ? "true" : "false");
+    if (m && s->state != SRV_STATE_LOADING) {
+        srv_buf_printf(b, ",\"task\":\"%s\",\"architecture\":", model_task_name(m->task));
+        srv_json_cstr(b, m->architecture);
+        srv_buf_printf(b, ",\"dtype\":\"%s\",\"max_input_tokens\":%d", eng_dtypes[m->dtype].name,
+                       m->max_positions);
+    }
+    srv_buf_puts(b, "}");
+}
+
+static void handle_models(void *server, srv_conn *c, void *ctx)
+{
+    (void)ctx;
+    srv_server *s = server;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, 200);
+    srv_buf_puts(&r->body, "{\"models\":[");
+    for (size_t i = 0; i < s->n_workers; i++) {
+        if (i)
+            srv_buf_puts(&r->body, ",");
+        write_model(s, i, &r->body);
+    }
+    srv_buf_puts(&r->body, "]}");
+    srv_conn_send(c);
+}
+
+static void handle_openapi(void *server, srv_conn *c, void *ctx)
+{
+    (void)server;
+    (void)ctx;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, 200);
+    srv_buf_puts(&r->body, srv_openapi_json());
+    srv_conn_send(c);
+}
+
+static void handle_docs(void *server, srv_conn *c, void *ctx)
+{
+    (void)server;
+    (void)ctx;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, 200);
+    r->content_type = "text/html; charset=utf-8";
+    srv_buf_puts(&r->body, srv_docs_html());
+    srv_conn_send(c);
+}
+
+/* ---- routing ------------------------------------------------------------------------ */
+
+static const srv_route routes[] = {
+    {"/predict", "POST", "/predict", true, handle_predict},
+    {"/models/{name}/predict", "POST", "/models/{name}/predict", true, handle_predict},
+    {"/tokenize", "POST", "/tokenize", true, handle_tokenize},
+    {"/models/{name}/tokenize", "POST", "/models/{name}/tokenize", true, handle_tokenize},
+    {"/models", "GET", "/models", false, handle_models},
+    {"/health", "GET", "/health", false, handle_health},
+    {"/metrics", "GET", "/metrics", false, handle_metrics},
+    {"/openapi.json", "GET", "/openapi.json", false, handle_openapi},
+    {"/docs", "GET", "/docs", false, handle_docs},
+};
+
+const srv_route *srv_routes(size_t *n)
+{
+    *n = sizeof routes / sizeof *routes;
+    return routes;
+}
+
+/* Matches path against pattern; a {param} segment matches one non-empty
+ * segment, returned in *param / *param_len. */
+static bool match(const char *pattern, const char *path, const char **param, size_t *param_len)
+{
+    while (*pattern && *path) {
+        if (*pattern == '{') {
+            size_t n = strcspn(path, "/");
+            if (!n)
+                return false;
+            *param = path;
+            *param_len = n;
+            path += n;
+            pattern = strchr(pattern, '}') + 1;
+        } else if (*pattern++ != *path++) {
+            return false;
+        }
+    }
+    return !*pattern && !*path;
+}
+
+static void not_allowed(srv_conn *c, const char *path)
+{
+    srv_reply *r = srv_conn_reply(c);
+    char *allow = r->allow;
+    const char *param;
+    size_t len;
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        if (match(routes[i].pattern, path, &param, &len) && !strstr(allow, routes[i].method))
+            snprintf(allow + strlen(allow), sizeof r->allow - strlen(allow), "%s%s",
+                     allow[0] ? ", " : "", routes[i].method);
+    srv_reply_detail(r, 405, "Method Not Allowed");
+}
+
+void srv_handle_request(void *server, srv_conn *c)
+{
+    srv_server *s = server;
+    const char *method = srv_conn_method(c), *path = srv_conn_path(c), *param = NULL;
+    size_t param_len = 0;
+    bool path_known = false;
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
+        if (!match(routes[i].pattern, path, &param, &param_len))
+            continue;
+        path_known = true;
+        bool head_of_get = strcmp(method, "HEAD") == 0 && strcmp(routes[i].method, "GET") == 0;
+        if (strcmp(method, routes[i].method) != 0 && !head_of_get)
+            continue;
+        req_ctx *ctx = calloc(1, sizeof *ctx);
+        if (!ctx)
+            break;
+        ctx->route = &routes[i];
+        srv_conn_set_data(c, ctx);
+        if (routes[i].per_model && !(ctx->worker = srv_server_model(s, param, param_len))) {
+            srv_reply_detail(srv_conn_reply(c), 404, "Model '%.*s' not found", (int)param_len, param);
+            srv_conn_send(c);
+            return;
+        }
+        routes[i].handle(s, c, ctx);
+        return;
+    }
+    if (path_known)
+        not_allowed(c, path);
+    else
+        srv_reply_detail(srv_conn_reply(c), 404, "Not Found");
+    srv_conn_send(c);
+}
+
+void srv_request_completed(void *server, srv_conn *c)
+{
+    srv_server *s = server;
+    req_ctx *ctx = srv_conn_data(c);
+    const char *endpoint = ctx ? ctx->route->metric : "other";
+    const char *model_name = ctx && ctx->worker ? ctx->worker->name : "";
+    int status = srv_conn_abandoned(c) ? 499 : srv_conn_status(c);
+    double seconds = srv_now() - srv_conn_start_time(c);
+    srv_metrics_request(s->metrics, model_name, endpoint, status, seconds);
+    if (s->opts->access_log)
+        srv_log_access(srv_conn_method(c), srv_conn_path(c), status, srv_conn_bytes_sent(c),
+                       seconds, model_name);
+    free(ctx);
+}

@@ -1,0 +1,26 @@
+/* The routes and their handlers: the seam between HTTP and the tasks. */
+#ifndef SRV_HANDLERS_H
+#define SRV_HANDLERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "server/http.h"
+
+/* srv_http_hooks.dispatch: route the request and run its handler. */
+void srv_handle_request(void *server, srv_conn *c);
+/* srv_http_hooks.completed: the access log line and request metrics. */
+void srv_request_completed(void *server, srv_conn *c);
+
+/* The route table, for the OpenAPI document and its test. */
+typedef struct srv_route {
+    const char *pattern; /* "/predict", "/models/{name}/predict": {name} is one path segment */
+    const char *method;  /* "GET" or "POST" */
+    const char *metric;  /* the endpoint label in metrics (the pattern) */
+    bool per_model;      /* runs a model: the named one, or the default */
+    void (*handle)(void *server, srv_conn *c, void *ctx);
+} srv_route;
+
+const srv_route *srv_routes(size_t *n);
+
+#endif

@@ -1,0 +1,543 @@
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/log.h"
+
+struct srv_http {
+    struct MHD_Daemon *mhd;
+    uv_loop_t *loop;
+    uv_poll_t poll;   /* MHD's epoll descriptor */
+    uv_timer_t timer; /* MHD's timeouts */
+    srv_http_cfg cfg;
+    srv_http_hooks hooks;
+    int port;
+    int deferred;
+    bool running;     /* inside run_mhd: resumes are picked up by its loop */
+};
+
+typedef enum conn_state {
+    CONN_READING,  /* gathering the body */
+    CONN_ANSWERED, /* a response is queued (or the request was refused) */
+    CONN_DEFERRED, /* suspended, waiting for srv_conn_resume */
+    CONN_READY,    /* resumed with its reply, response not yet queued */
+    CONN_STREAMING,
+} conn_state;
+
+struct srv_conn {
+    srv_http *http;
+    struct MHD_Connection *mhd;
+    conn_state state;
+    char *method, *path;
+    srv_buf body;
+    bool too_large;
+    double start;
+    srv_reply reply;
+    void *data;
+    int status;
+    size_t sent;
+    bool abandoned;  /* the client went away before the answer */
+    bool suspended;
+
+    /* Disconnect watch while suspended: our own poll of the socket, since
+     * MHD does not look at suspended connections. */
+    uv_poll_t *watch;
+    void (*on_gone)(void *arg);
+    void *gone_arg;
+
+    /* Streaming: bytes waiting for MHD's reader, and whether more follow. */
+    srv_buf stream;
+    size_t stream_pos;
+    bool stream_done;
+};
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- driving MHD from libuv ------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+
+/* Lets MHD do all pending work, then arms the timer for its next deadline. */
+static void run_mhd(srv_http *h)
+{
+    if (!h->mhd)
+        return;
+    h->running = true;
+    MHD_run(h->mhd);
+    h->running = false;
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(h->mhd, &ms) == MHD_YES)
+        uv_timer_start(&h->timer, on_timer, ms > 60000 ? 60000 : ms, 0);
+    else
+        uv_timer_stop(&h->timer);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    run_mhd(t->data);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    run_mhd(p->data);
+}
+
+/* ---- connection bookkeeping -------------------------------------------- */
+
+static void watch_closed(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+static void unwatch(srv_conn *c)
+{
+    if (c->watch) {
+        uv_poll_stop(c->watch);
+        uv_close((uv_handle_t *)c->watch, watch_closed);
+        c->watch = NULL;
+    }
+}
+
+static void resume(srv_conn *c)
+{
+    unwatch(c);
+    if (c->suspended) {
+        c->suspended = false;
+        MHD_resume_connection(c->mhd);
+    }
+    if (!c->http->running)
+        run_mhd(c->http);
+}
+
+/* The client closed (or reset) its socket while we held the request. */
+static void on_watch(uv_poll_t *p, int status, int events)
+{
+    srv_conn *c = p->data;
+    int fd;
+    uv_fileno((uv_handle_t *)p, &fd);
+    char byte;
+    ssize_t n = status < 0 ? 0 : recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    bool gone = (events & UV_DISCONNECT) || n == 0 ||
+                (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    if (!gone) {
+        if (n > 0)
+            unwatch(c); /* a pipelined request: nothing to learn here any more */
+        return;
+    }
+    c->abandoned = true;
+    if (c->on_gone)
+        c->on_gone(c->gone_arg);
+    c->on_gone = NULL;
+    if (c->state == CONN_DEFERRED)
+        c->state = CONN_READY; /* MHD finds the socket closed and ends it */
+    srv_reply_detail(&c->reply, 499, "client closed request");
+    if (c->state == CONN_STREAMING)
+        c->stream_done = true;
+    resume(c);
+}
+
+static void watch(srv_conn *c)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c->mhd, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!info || c->watch)
+        return;
+    c->watch = malloc(sizeof *c->watch);
+    if (!c->watch || uv_poll_init_socket(c->http->loop, c->watch, info->connect_fd) != 0) {
+        free(c->watch);
+        c->watch = NULL;
+        return;
+    }
+    c->watch->data = c;
+    uv_poll_start(c->watch, UV_READABLE | UV_DISCONNECT, on_watch);
+}
+
+static void suspend(srv_conn *c)
+{
+    if (!c->suspended) {
+        c->suspended = true;
+        MHD_suspend_connection(c->mhd);
+    }
+    watch(c);
+}
+
+static srv_conn *conn_new(srv_http *h, struct MHD_Connection *mhd, const char *method,
+                          const char *url)
+{
+    srv_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->http = h;
+    c->mhd = mhd;
+    c->method = strdup(method);
+    c->path = strdup(url);
+    c->start = mono_now();
+    srv_buf_init(&c->body);
+    srv_buf_init(&c->stream);
+    srv_reply_init(&c->reply);
+    if (!c->method || !c->path) {
+        free(c->method);
+        free(c->path);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void conn_free(srv_conn *c)
+{
+    unwatch(c);
+    srv_buf_free(&c->body);
+    srv_buf_free(&c->stream);
+    srv_reply_free(&c->reply);
+    free(c->method);
+    free(c->path);
+    free(c);
+}
+
+/* ---- responses ----------------------------------------------------------- */
+
+static enum MHD_Result queue_reply(srv_conn *c)
+{
+    srv_reply *r = &c->reply;
+    if (!r->status)
+        srv_reply_detail(r, 500, "no answer was produced");
+    size_t len;
+    char *body = srv_buf_take(&r->body, &len);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE
+                                                                          : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    if (r->content_type)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
+    if (r->allow[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    c->status = r->status;
+    c->sent = len;
+    c->state = CONN_ANSWERED;
+    enum MHD_Result ret = MHD_queue_response(c->mhd, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    srv_conn *c = cls;
+    size_t avail = c->stream.len - c->stream_pos;
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, c->stream.data + c->stream_pos, n);
+        c->stream_pos += n;
+        c->sent += n;
+        if (c->stream_pos == c->stream.len) {
+            srv_buf_clear(&c->stream);
+            c->stream_pos = 0;
+        }
+        return (ssize_t)n;
+    }
+    if (c->stream_done)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    suspend(c); /* nothing to send until the next srv_conn_stream_write */
+    return 0;
+}
+
+static enum MHD_Result queue_stream(srv_conn *c)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
+                                                                  stream_read, c, NULL);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->reply.content_type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    c->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c->mhd, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* ---- MHD callbacks --------------------------------------------------------- */
+
+static enum MHD_Result refuse(srv_conn *c, int status, const char *fmt, size_t limit)
+{
+    srv_reply_detail(&c->reply, status, fmt, limit);
+    return queue_reply(c);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **req_cls)
+{
+    (void)version;
+    srv_http *h = cls;
+    srv_conn *c = *req_cls;
+    if (!c) {
+        if (!(c = conn_new(h, mhd, method, url)))
+            return MHD_NO;
+        *req_cls = c;
+        const char *cl = MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes)
+            return refuse(c, 413, "request body is larger than the limit of %zu bytes",
+                          h->cfg.max_body_bytes);
+        return MHD_YES;
+    }
+    switch (c->state) {
+    case CONN_READING:
+        if (*upload_size) {
+            if (c->body.len + *upload_size > h->cfg.max_body_bytes) {
+                *upload_size = 0;
+                return refuse(c, 413, "request body is larger than the limit of %zu bytes",
+                              h->cfg.max_body_bytes);
+            }
+            srv_buf_append(&c->body, upload_data, *upload_size);
+            *upload_size = 0;
+            if (c->body.oom)
+                return refuse(c, 503, "out of memory for a body of %zu bytes", c->body.len);
+            return MHD_YES;
+        }
+        h->hooks.dispatch(h->hooks.ud, c);
+        return MHD_YES;
+    case CONN_READY:
+        return queue_reply(c);
+    case CONN_STREAMING:
+        if (!c->status)
+            return queue_stream(c);
+        return MHD_YES;
+    case CONN_ANSWERED:
+    case CONN_DEFERRED:
+        *upload_size = 0; /* a body after an early answer: discarded */
+        return MHD_YES;
+    }
+    return MHD_NO;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *mhd, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)mhd;
+    srv_http *h = cls;
+    srv_conn *c = *req_cls;
+    if (!c)
+        return;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && c->state != CONN_ANSWERED)
+        c->abandoned = true;
+    if (c->on_gone && c->abandoned) {
+        c->on_gone(c->gone_arg);
+        c->on_gone = NULL;
+    }
+    if (c->state == CONN_DEFERRED)
+        h->deferred--;
+    h->hooks.completed(h->hooks.ud, c);
+    conn_free(c);
+    *req_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    srv_log(SRV_LOG_DEBUG, "http: %s", msg);
+}
+
+/* ---- the daemon -------------------------------------------------------------- */
+
+static int resolve(const char *host, int port, struct sockaddr_storage *ss, eng_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res;
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    int rc = getaddrinfo(host, service, &hints, &res);
+    if (rc)
+        return eng_err_set(err, ENG_EINVAL, "--host %s: %s", host, gai_strerror(rc));
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    return 0;
+}
+
+static int bound_port(struct MHD_Daemon *d)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return info ? info->port : 0;
+}
+
+int srv_http_start(srv_http **out, uv_loop_t *loop, const srv_http_cfg *cfg,
+                   const srv_http_hooks *hooks, eng_err *err)
+{
+    srv_http *h = calloc(1, sizeof *h);
+    if (!h)
+        return eng_err_set(err, ENG_ENOMEM, "out of memory");
+    h->loop = loop;
+    h->cfg = *cfg;
+    h->hooks = *hooks;
+    struct sockaddr_storage ss;
+    int rc = resolve(cfg->host, cfg->port, &ss, err);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    /* MHD keeps the request line and headers in a per-connection pool; its
+     * size is the header limit (MHD answers 431/413 past it). */
+    h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header_bytes + 16384,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+        MHD_OPTION_END);
+    if (!h->mhd) {
+        free(h);
+        return eng_err_set(err, ENG_EIO, "cannot listen on %s:%d: %s", cfg->host, cfg->port,
+                           strerror(errno ? errno : EADDRINUSE));
+    }
+    h->port = bound_port(h->mhd);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    uv_poll_init(loop, &h->poll, info->epoll_fd);
+    h->poll.data = h;
+    uv_poll_start(&h->poll, UV_READABLE, on_poll);
+    uv_timer_init(loop, &h->timer);
+    h->timer.data = h;
+    *out = h;
+    return 0;
+}
+
+void srv_http_quiesce(srv_http *h)
+{
+    MHD_socket fd = MHD_quiesce_daemon(h->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    run_mhd(h);
+}
+
+/* The timer is closed last, so its close callback frees the object. */
+static void timer_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+void srv_http_stop(srv_http *h)
+{
+    uv_poll_stop(&h->poll);
+    uv_close((uv_handle_t *)&h->poll, NULL);
+    MHD_stop_daemon(h->mhd);
+    h->mhd = NULL;
+    uv_close((uv_handle_t *)&h->timer, timer_closed);
+}
+
+int srv_http_port(const srv_http *h)
+{
+    return h->port;
+}
+
+int srv_http_deferred(const srv_http *h)
+{
+    return h->deferred;
+}
+
+/* ---- srv_conn accessors ------------------------------------------------------------ */
+
+const char *srv_conn_method(const srv_conn *c) { return c->method; }
+const char *srv_conn_path(const srv_conn *c) { return c->path; }
+double srv_conn_start_time(const srv_conn *c) { return c->start; }
+void srv_conn_set_data(srv_conn *c, void *data) { c->data = data; }
+void *srv_conn_data(const srv_conn *c) { return c->data; }
+srv_reply *srv_conn_reply(srv_conn *c) { return &c->reply; }
+int srv_conn_status(const srv_conn *c) { return c->status; }
+size_t srv_conn_bytes_sent(const srv_conn *c) { return c->sent; }
+bool srv_conn_abandoned(const srv_conn *c) { return c->abandoned; }
+
+const char *srv_conn_query(const srv_conn *c, const char *key, size_t *len)
+{
+    const char *v = NULL;
+    size_t n = 0;
+    if (MHD_lookup_connection_value_n(c->mhd, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES)
+        return NULL;
+    if (len)
+        *len = n;
+    return v ? v : "";
+}
+
+const char *srv_conn_header(const srv_conn *c, const char *name)
+{
+    return MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, name);
+}
+
+const char *srv_conn_body(const srv_conn *c, size_t *len)
+{
+    *len = c->body.len;
+    return c->body.data ? c->body.data : "";
+}
+
+void srv_conn_send(srv_conn *c)
+{
+    queue_reply(c);
+}
+
+void srv_conn_defer(srv_conn *c, void (*on_gone)(void *arg), void *arg)
+{
+    c->state = CONN_DEFERRED;
+    c->on_gone = on_gone;
+    c->gone_arg = arg;
+    c->http->deferred++;
+    suspend(c);
+}
+
+void srv_conn_resume(srv_conn *c)
+{
+    if (c->state != CONN_DEFERRED)
+        return;
+    c->http->deferred--;
+    c->state = CONN_READY;
+    c->on_gone = NULL;
+    resume(c);
+}
+
+void srv_conn_stream_start(srv_conn *c, const char *content_type, void (*on_gone)(void *arg),
+                           void *arg)
+{
+    c->state = CONN_STREAMING;
+    c->reply.content_type = content_type;
+    c->on_gone = on_gone;
+    c->gone_arg = arg;
+    queue_stream(c);
+}
+
+void srv_conn_stream_write(srv_conn *c, const char *data, size_t len)
+{
+    srv_buf_append(&c->stream, data, len);
+    if (c->suspended)
+        resume(c);
+}
+
+void srv_conn_stream_end(srv_conn *c)
+{
+    c->stream_done = true;
+    c->on_gone = NULL;
+    if (c->suspended)
+        resume(c);
+}

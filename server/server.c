@@ -1,0 +1,285 @@
+#include "server/server.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/blas.h"
+#include "server/handlers.h"
+#include "server/log.h"
+#include "server/notify.h"
+
+#define VERSION "0.1.0"
+
+double srv_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+srv_worker *srv_server_model(srv_server *s, const char *name, size_t len)
+{
+    if (!name)
+        return s->n_workers ? &s->workers[0] : NULL;
+    for (size_t i = 0; i < s->n_workers; i++)
+        if (strlen(s->opts->models[i].name) == len && memcmp(s->opts->models[i].name, name, len) == 0)
+            return &s->workers[i];
+    return NULL;
+}
+
+/* ---- jobs: worker -> loop thread -------------------------------------------- */
+
+static void job_gone(void *arg)
+{
+    srv_job *job = arg;
+    job->conn = NULL;
+    srv_job_cancel(job);
+}
+
+/* Worker thread: queue the job for the loop thread. */
+static void job_done(void *ud, srv_job *job)
+{
+    srv_server *s = ud;
+    pthread_mutex_lock(&s->done_lock);
+    job->next = s->done_head;
+    s->done_head = job;
+    pthread_mutex_unlock(&s->done_lock);
+    uv_async_send(&s->done_async);
+}
+
+static void finish_job(srv_server *s, srv_job *job)
+{
+    srv_conn *c = job->conn;
+    const model *m = job->worker->model;
+    s->in_flight--;
+    if (c) {
+        srv_reply *r = srv_conn_reply(c);
+        if (job->rc)
+            srv_reply_eng_error(r, &job->err);
+        else
+            srv_classify_format(m, &job->cls, r);
+        srv_conn_resume(c);
+    } else {
+        srv_metrics_cancelled(s->metrics, job->worker->name);
+    }
+    srv_classify_req_free(&job->cls);
+    free(job);
+}
+
+static void on_jobs_done(uv_async_t *a)
+{
+    srv_server *s = a->data;
+    pthread_mutex_lock(&s->done_lock);
+    srv_job *jobs = s->done_head;
+    s->done_head = NULL;
+    pthread_mutex_unlock(&s->done_lock);
+    while (jobs) {
+        srv_job *next = jobs->next;
+        finish_job(s, jobs);
+        jobs = next;
+    }
+}
+
+void srv_server_submit(srv_server *s, srv_conn *c, srv_job *job)
+{
+    srv_worker *w = job->worker;
+    job->conn = c;
+    if (srv_worker_submit(w, job) != 0) {
+        srv_metrics_rejected(s->metrics, w->name, "queue_full");
+        srv_reply_detail(srv_conn_reply(c), 429, "Model is overloaded");
+        srv_classify_req_free(&job->cls);
+        free(job);
+        srv_conn_send(c);
+        return;
+    }
+    s->in_flight++;
+    srv_conn_defer(c, job_gone, job);
+}
+
+/* ---- loading --------------------------------------------------------------- */
+
+/* Runs on libuv's pool so the loop answers /health (503) while models load. */
+static void load_models(uv_work_t *work)
+{
+    srv_server *s = work->data;
+    for (size_t i = 0; i < s->n_workers; i++) {
+        const srv_model_spec *spec = &s->opts->models[i];
+        model_load_opts lo = {.dtype = spec->dtype >= 0 ? spec->dtype : s->opts->dtype};
+        double t0 = srv_now();
+        if (model_load(spec->dir, &lo, &s->models[i], &s->load_err))
+            return;
+        srv_info("model %s: %s (%s) loaded from %s in %.2f s", spec->name,
+                 s->models[i]->architecture, model_task_name(s->models[i]->task), spec->dir,
+                 srv_now() - t0);
+    }
+}
+
+static void begin_shutdown(srv_server *s, int exit_code);
+
+static void models_loaded(uv_work_t *work, int status)
+{
+    srv_server *s = work->data;
+    (void)status;
+    if (s->load_err.code) {
+        srv_error("%s", s->load_err.msg);
+        begin_shutdown(s, 1);
+        return;
+    }
+    srv_worker_cfg wc = {
+        .max_batch_size = s->opts->max_batch_size, .max_batch_tokens = s->opts->max_batch_tokens,
+        .max_batch_wait_us = s->opts->max_batch_wait_us, .max_queue = s->opts->max_queue};
+    srv_worker_hooks hooks = {.done = job_done, .ud = s, .metrics = s->metrics};
+    for (size_t i = 0; i < s->n_workers; i++) {
+        eng_err err = {0};
+        if (srv_worker_start(&s->workers[i], s->opts->models[i].name, s->models[i], &wc, &hooks,
+                             &err)) {
+            srv_error("%s", err.msg);
+            begin_shutdown(s, 1);
+            return;
+        }
+        srv_metrics_model_loaded(s->metrics, s->opts->models[i].name,
+                                 model_task_name(s->models[i]->task),
+                                 eng_dtypes[s->models[i]->dtype].name);
+    }
+    s->state = SRV_STATE_READY;
+    srv_info("ready: http://%s:%d/ serving %zu model%s", s->opts->host, srv_http_port(s->http),
+             s->n_workers, s->n_workers == 1 ? "" : "s");
+    srv_notify("READY=1");
+}
+
+/* ---- shutdown ------------------------------------------------------------- */
+
+static void close_all(srv_server *s)
+{
+    for (size_t i = 0; i < s->n_workers; i++)
+        srv_worker_stop(&s->workers[i]);
+    on_jobs_done(&s->done_async); /* jobs the workers finished while stopping */
+    if (s->http)
+        srv_http_stop(s->http);
+    s->http = NULL;
+    uv_close((uv_handle_t *)&s->done_async, NULL);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
+}
+
+/* Every 20 ms while stopping: done when no request waits on a worker (or the
+ * deadline passed), plus a short grace for the last answers to leave. */
+static void on_drain_tick(uv_timer_t *t)
+{
+    srv_server *s = t->data;
+    double now = srv_now();
+    bool idle = s->in_flight == 0 && (!s->http || srv_http_deferred(s->http) == 0);
+    if (!idle && now < s->drain_deadline)
+        return;
+    if (!idle) {
+        srv_warn("shutdown deadline passed with %d requests unanswered", s->in_flight);
+        for (size_t i = 0; i < s->n_workers; i++)
+            for (srv_job *j = s->workers[i].head; j; j = j->next)
+                srv_job_cancel(j);
+    }
+    if (!s->drained_at)
+        s->drained_at = now;
+    if (now - s->drained_at < 0.2)
+        return; /* let MHD flush the answers just resumed */
+    uv_timer_stop(t);
+    close_all(s);
+}
+
+static void begin_shutdown(srv_server *s, int exit_code)
+{
+    if (s->state == SRV_STATE_STOPPING)
+        return;
+    s->state = SRV_STATE_STOPPING;
+    s->exit_code = exit_code;
+    srv_notify("STOPPING=1");
+    if (s->http)
+        srv_http_quiesce(s->http);
+    s->drain_deadline = srv_now() + s->opts->shutdown_timeout;
+    uv_timer_start(&s->drain_timer, on_drain_tick, 0, 20);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    srv_server *s = sig->data;
+    if (s->state == SRV_STATE_STOPPING) {
+        srv_warn("second %s: exiting without waiting", strsignal(signum));
+        exit(s->exit_code ? s->exit_code : 1);
+    }
+    srv_info("%s: finishing %d in-flight requests (at most %d s), then exiting", strsignal(signum),
+             s->in_flight, s->opts->shutdown_timeout);
+    begin_shutdown(s, 0);
+}
+
+/* ---- run ------------------------------------------------------------------------ */
+
+static int start(srv_server *s, eng_err *err)
+{
+    s->n_workers = s->opts->n_models;
+    s->workers = calloc(s->n_workers, sizeof *s->workers);
+    s->models = calloc(s->n_workers, sizeof *s->models);
+    if (!s->workers || !s->models)
+        return eng_err_set(err, ENG_ENOMEM, "out of memory");
+    s->limits = (srv_limits){.max_client_batch = (size_t)s->opts->max_client_batch_size,
+                             .max_input_tokens = s->opts->max_input_tokens};
+    int rc = srv_metrics_new(VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
+    if (rc)
+        return eng_err_set(err, rc, "out of memory");
+    uv_loop_init(&s->loop);
+    pthread_mutex_init(&s->done_lock, NULL);
+    uv_async_init(&s->loop, &s->done_async, on_jobs_done);
+    s->done_async.data = s;
+    uv_signal_init(&s->loop, &s->sig_term);
+    uv_signal_init(&s->loop, &s->sig_int);
+    s->sig_term.data = s->sig_int.data = s;
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_timer_init(&s->loop, &s->drain_timer);
+    s->drain_timer.data = s;
+
+    srv_http_cfg hc = {.host = s->opts->host, .port = s->opts->port,
+                       .max_connections = s->opts->max_connections, .timeout_s = s->opts->timeout,
+                       .max_header_bytes = s->opts->max_header_bytes,
+                       .max_body_bytes = s->opts->max_body_bytes};
+    srv_http_hooks hooks = {.dispatch = srv_handle_request, .completed = srv_request_completed,
+                            .ud = s};
+    rc = srv_http_start(&s->http, &s->loop, &hc, &hooks, err);
+    if (rc)
+        return rc;
+    srv_info("listening on http://%s:%d/ (OpenBLAS core %s, %d threads); loading %zu model%s",
+             s->opts->host, srv_http_port(s->http), eng_blas_corename(), eng_blas_threads(),
+             s->n_workers, s->n_workers == 1 ? "" : "s");
+    s->load_work.data = s;
+    return uv_queue_work(&s->loop, &s->load_work, load_models, models_loaded) ? ENG_ENOMEM : 0;
+}
+
+int srv_server_run(const srv_options *opts)
+{
+    srv_server s;
+    memset(&s, 0, sizeof s);
+    s.opts = opts;
+    s.state = SRV_STATE_LOADING;
+    if (opts->threads > 0)
+        eng_blas_set_threads(opts->threads);
+    eng_err err = {0};
+    if (start(&s, &err)) {
+        srv_error("%s", err.msg);
+        s.exit_code = 1;
+        if (s.http) {
+            srv_http_stop(s.http);
+            s.http = NULL;
+        }
+    } else {
+        uv_run(&s.loop, UV_RUN_DEFAULT);
+    }
+    uv_loop_close(&s.loop);
+    for (size_t i = 0; i < s.n_workers; i++)
+        model_free(s.models[i]);
+    free(s.models);
+    free(s.workers);
+    srv_metrics_free(s.metrics);
+    pthread_mutex_destroy(&s.done_lock);
+    srv_info("stopped");
+    return s.exit_code;
+}

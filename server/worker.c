@@ -1,0 +1,210 @@
+#include "server/worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server/log.h"
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void srv_job_cancel(srv_job *job)
+{
+    atomic_store(&job->cancelled, true);
+}
+
+int srv_worker_submit(srv_worker *w, srv_job *job)
+{
+    pthread_mutex_lock(&w->lock);
+    if (w->n_waiting >= w->cfg.max_queue || w->stopping) {
+        pthread_mutex_unlock(&w->lock);
+        return -1;
+    }
+    job->worker = w;
+    job->next = NULL;
+    job->t_enqueue = mono_now();
+    if (w->tail)
+        w->tail->next = job;
+    else
+        w->head = job;
+    w->tail = job;
+    int waiting = ++w->n_waiting;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
+    return 0;
+}
+
+/* Sums what is queued, to know whether a batch is full. */
+static bool batch_full(const srv_worker *w)
+{
+    int seqs = 0, tokens = 0;
+    for (const srv_job *j = w->head; j; j = j->next) {
+        seqs += j->n_seq;
+        tokens += j->n_tokens;
+    }
+    return seqs >= w->cfg.max_batch_size || tokens >= w->cfg.max_batch_tokens;
+}
+
+static void deadline_after(struct timespec *ts, double t)
+{
+    ts->tv_sec = (time_t)t;
+    ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
+}
+
+/* Waits for work, then for the batch to fill or its oldest job to have waited
+ * long enough; returns the jobs taken (a list), NULL when stopping and idle. */
+static srv_job *take_batch(srv_worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    while (!w->head && !w->stopping)
+        pthread_cond_wait(&w->wake, &w->lock);
+    if (w->head && !w->stopping) {
+        struct timespec until;
+        deadline_after(&until, w->head->t_enqueue + w->cfg.max_batch_wait_us * 1e-6);
+        while (!batch_full(w) && !w->stopping &&
+               pthread_cond_timedwait(&w->wake, &w->lock, &until) == 0)
+            ;
+    }
+    srv_job *taken = NULL, **link = &taken;
+    int seqs = 0, tokens = 0;
+    while (w->head) {
+        srv_job *j = w->head;
+        bool fits = seqs + j->n_seq <= w->cfg.max_batch_size &&
+                    tokens + j->n_tokens <= w->cfg.max_batch_tokens;
+        if (!fits && seqs > 0)
+            break; /* a job larger than the limits still runs, alone */
+        w->head = j->next;
+        if (!w->head)
+            w->tail = NULL;
+        w->n_waiting--;
+        j->next = NULL;
+        *link = j;
+        link = &j->next;
+        if (!atomic_load(&j->cancelled)) {
+            seqs += j->n_seq;
+            tokens += j->n_tokens;
+        }
+    }
+    int waiting = w->n_waiting;
+    pthread_mutex_unlock(&w->lock);
+    srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
+    return taken;
+}
+
+/* Packs the live jobs' sequences into one batch, runs it, and gives each job
+ * its rows of logits. */
+static void run_classify(srv_worker *w, srv_job *jobs)
+{
+    const model *m = w->model;
+    int n_seq = 0, n_tok = 0, max_len = 0;
+    for (srv_job *j = jobs; j; j = j->next)
+        if (!atomic_load(&j->cancelled)) {
+            n_seq += j->n_seq;
+            n_tok += j->n_tokens;
+            for (size_t i = 0; i < j->cls.n; i++)
+                max_len = (int)j->cls.enc[i].n > max_len ? (int)j->cls.enc[i].n : max_len;
+        }
+    if (!n_seq)
+        return;
+    int32_t *ids = malloc((size_t)n_tok * sizeof *ids);
+    int *off = malloc((size_t)(n_seq + 1) * sizeof *off);
+    float *logits = malloc((size_t)n_seq * m->n_labels * sizeof *logits);
+    int s = 0, rc = ids && off && logits ? 0 : ENG_ENOMEM;
+    eng_err err = {0};
+    if (!rc) {
+        off[0] = 0;
+        for (srv_job *j = jobs; j; j = j->next)
+            for (size_t i = 0; !atomic_load(&j->cancelled) && i < j->cls.n; i++, s++) {
+                memcpy(ids + off[s], j->cls.enc[i].ids, j->cls.enc[i].n * sizeof *ids);
+                off[s + 1] = off[s] + (int)j->cls.enc[i].n;
+            }
+        rc = eng_arena_reserve(&w->arena, m->ops->scratch_size(m, n_tok, max_len));
+        if (rc)
+            eng_err_set(&err, rc, "out of memory for a batch of %d tokens", n_tok);
+    }
+    double t0 = mono_now();
+    if (!rc) {
+        model_batch b = {.ids = ids, .seq_off = off, .n_seq = n_seq};
+        rc = m->ops->classify(m, &b, &w->arena, logits, &err);
+    } else if (!err.code) {
+        eng_err_set(&err, rc, "out of memory");
+    }
+    srv_metrics_batch(w->hooks.metrics, w->name, n_seq, n_tok, mono_now() - t0);
+    s = 0;
+    for (srv_job *j = jobs; j; j = j->next) {
+        if (atomic_load(&j->cancelled))
+            continue;
+        srv_metrics_queue_wait(w->hooks.metrics, w->name, t0 - j->t_enqueue);
+        j->rc = rc;
+        j->err = err;
+        if (!rc)
+            memcpy(j->cls.logits, logits + (size_t)s * m->n_labels,
+                   (size_t)j->n_seq * m->n_labels * sizeof *logits);
+        s += j->n_seq;
+    }
+    free(ids);
+    free(off);
+    free(logits);
+}
+
+static void *worker_main(void *arg)
+{
+    srv_worker *w = arg;
+    for (;;) {
+        srv_job *jobs = take_batch(w);
+        if (!jobs)
+            break;
+        if (w->model->task == MODEL_TASK_CLASSIFY)
+            run_classify(w, jobs);
+        while (jobs) {
+            srv_job *next = jobs->next;
+            w->hooks.done(w->hooks.ud, jobs);
+            jobs = next;
+        }
+    }
+    return NULL;
+}
+
+int srv_worker_start(srv_worker *w, const char *name, model *m, const srv_worker_cfg *cfg,
+                     const srv_worker_hooks *hooks, eng_err *err)
+{
+    memset(w, 0, sizeof *w);
+    w->name = strdup(name);
+    w->model = m;
+    w->cfg = *cfg;
+    w->hooks = *hooks;
+    eng_arena_init(&w->arena);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&w->lock, NULL);
+    if (!w->name || pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return eng_err_set(err, ENG_ENOMEM, "cannot start the worker of model %s", name);
+    w->started = true;
+    return 0;
+}
+
+void srv_worker_stop(srv_worker *w)
+{
+    if (w->started) {
+        pthread_mutex_lock(&w->lock);
+        w->stopping = true;
+        pthread_cond_signal(&w->wake);
+        pthread_mutex_unlock(&w->lock);
+        pthread_join(w->thread, NULL);
+        w->started = false;
+    }
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->wake);
+    eng_arena_free(&w->arena);
+    free(w->name);
+    w->name = NULL;
+}

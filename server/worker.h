@@ -1,0 +1,75 @@
+/* A model's inference worker: its request queue and the thread that runs it.
+ *
+ * Jobs are queued by the loop thread and taken by the worker, which gathers
+ * several into one forward pass (dynamic batching): a batch leaves when it
+ * holds max_batch_size sequences or max_batch_tokens tokens, or when its oldest
+ * request has waited max_batch_wait_us. A finished job goes back to the loop
+ * thread through srv_worker_hooks.done, which answers and frees it: the loop
+ * thread owns every job except while the worker holds it. */
+#ifndef SRV_WORKER_H
+#define SRV_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "engine/arena.h"
+#include "models/model.h"
+#include "server/classify.h"
+#include "server/metrics.h"
+
+typedef struct srv_job srv_job;
+typedef struct srv_worker srv_worker;
+
+struct srv_job {
+    srv_job *next;           /* queue link */
+    srv_worker *worker;
+    void *conn;              /* the waiting request; NULL once its client left (loop thread) */
+    atomic_bool cancelled;   /* set by the loop thread, read by the worker */
+    int n_seq, n_tokens;     /* its size, for the batch limits */
+    double t_enqueue;
+    int rc;                  /* 0, or the forward's error in err */
+    eng_err err;
+    srv_classify_req cls;    /* MODEL_TASK_CLASSIFY */
+};
+
+typedef struct srv_worker_cfg {
+    int max_batch_size;
+    int max_batch_tokens;
+    long max_batch_wait_us;
+    int max_queue;
+} srv_worker_cfg;
+
+typedef struct srv_worker_hooks {
+    void (*done)(void *ud, srv_job *job); /* called on the worker thread: hand back */
+    void *ud;
+    srv_metrics *metrics;
+} srv_worker_hooks;
+
+struct srv_worker {
+    char *name;
+    model *model;
+    srv_worker_cfg cfg;
+    srv_worker_hooks hooks;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    srv_job *head, *tail;     /* waiting jobs, oldest first */
+    int n_waiting;
+    bool stopping;
+    bool started;
+    eng_arena arena;          /* the worker's scratch; only its thread touches it */
+};
+
+int srv_worker_start(srv_worker *w, const char *name, model *m, const srv_worker_cfg *cfg,
+                     const srv_worker_hooks *hooks, eng_err *err);
+/* Finishes every queued job, then joins the thread. */
+void srv_worker_stop(srv_worker *w);
+
+/* Queues a job. Returns 0, or -1 when the queue is full (the caller answers 429). */
+int srv_worker_submit(srv_worker *w, srv_job *job);
+
+/* Marks a job abandoned; if still queued it is skipped, not computed. */
+void srv_job_cancel(srv_job *job);
+
+#endif
