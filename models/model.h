@@ -41,6 +41,30 @@ typedef struct model_load_opts {
     eng_dtype dtype; /* weights as held in memory; ENG_F32 by default */
 } model_load_opts;
 
+/* A sequence's key/value cache for generation: what the model has seen of it.
+ * The layout inside data is the model's; the caller allocates
+ * ops->kv_floats(m, capacity) floats and sets len to 0 to start. */
+typedef struct model_kv {
+    float *data;
+    int capacity; /* tokens it can hold */
+    int len;      /* tokens it holds */
+} model_kv;
+
+/* Decoding defaults of a generative model (generation_config.json, and the
+ * pipeline's task_specific_params), before a request's own parameters. */
+typedef struct model_gen_defaults {
+    bool do_sample;
+    int max_length;       /* prompt + new tokens, 0 = unset */
+    int max_new_tokens;   /* 0 = unset */
+    float temperature, top_p, repetition_penalty;
+    int top_k;
+    int num_beams;
+    /* The text-generation pipeline's overrides (config.json
+     * task_specific_params["text-generation"]); -1 / 0 when absent. */
+    int pipeline_do_sample;  /* -1 unset, else 0/1 */
+    int pipeline_max_length; /* 0 unset */
+} model_gen_defaults;
+
 typedef struct model model;
 
 typedef struct model_ops {
@@ -50,6 +74,13 @@ typedef struct model_ops {
     size_t (*scratch_size)(const model *m, int max_tokens, int max_len);
     /* MODEL_TASK_CLASSIFY: logits (n_seq, n_labels) for a batch. */
     int (*classify)(const model *m, const model_batch *b, eng_arena *a, float *logits, eng_err *err);
+    /* MODEL_TASK_GENERATE: floats a cache of capacity tokens takes. */
+    size_t (*kv_floats)(const model *m, int capacity);
+    /* MODEL_TASK_GENERATE: feeds sequence s its new tokens (b's sequence s)
+     * after the kv[s]->len it has seen, appends them to kv[s], and writes the
+     * logits of its last new token: logits (n_seq, vocab_size). */
+    int (*generate_step)(const model *m, const model_batch *b, model_kv *const *kv, eng_arena *a,
+                         float *logits, eng_err *err);
 } model_ops;
 
 struct model {
@@ -65,6 +96,11 @@ struct model {
     char **labels;        /* (n_labels) id2label */
     size_t n_labels;
     bool multi_label;     /* problem_type multi_label_classification: sigmoid, not softmax */
+
+    /* MODEL_TASK_GENERATE */
+    int vocab_size;       /* logits per position */
+    int32_t eos_id;       /* -1: none */
+    model_gen_defaults gen;
 };
 
 /* Loads the model in dir. Every failure is an error naming the file and the

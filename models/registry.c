@@ -7,6 +7,7 @@
 
 #include "engine/config.h"
 #include "models/distilbert.h"
+#include "models/gpt2.h"
 #include "models/model.h"
 
 typedef int (*model_load_fn)(const char *dir, eng_config *cfg, const model_load_opts *opts,
@@ -18,6 +19,7 @@ static const struct {
     model_load_fn load;
 } registry[] = {
     {"DistilBertForSequenceClassification", "distilbert", distilbert_load},
+    {"GPT2LMHeadModel", "gpt2", gpt2_load},
 };
 
 const char *model_task_name(model_task t)
