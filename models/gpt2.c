@@ -253,6 +253,25 @@ static int read_generation_config(gpt2 *g, const char *dir, eng_err *err)
     return rc;
 }
 
+/* The pipeline cleans up its output text when the tokenizer says so, which
+ * transformers' GPT-2 tokenizer does unless its config turns it off. */
+static int read_tokenizer_config(gpt2 *g, const char *dir, eng_err *err)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    eng_config *cfg;
+    g->base.clean_up_spaces = true;
+    int rc = eng_config_load(path, &cfg, err);
+    if (rc == ENG_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    g->base.clean_up_spaces = eng_config_bool_or(cfg, "clean_up_tokenization_spaces", true);
+    rc = eng_config_check(cfg, err);
+    eng_config_free(cfg);
+    return rc;
+}
+
 /* The hub's own gpt2 checkpoint names tensors without "transformer."; a
  * fresh save_pretrained adds it. Both are read. */
 static const char *prefix_of(const eng_weights *w)
@@ -311,6 +330,8 @@ int gpt2_load(const char *dir, eng_config *cfg, const model_load_opts *opts, mod
     }
     if (!rc)
         rc = read_generation_config(g, dir, err);
+    if (!rc)
+        rc = read_tokenizer_config(g, dir, err);
     if (!rc)
         rc = eng_weights_open(&g->weights, dir, err);
     if (!rc)

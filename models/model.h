@@ -100,6 +100,7 @@ struct model {
     /* MODEL_TASK_GENERATE */
     int vocab_size;       /* logits per position */
     int32_t eos_id;       /* -1: none */
+    bool clean_up_spaces; /* tokenizer_config's clean_up_tokenization_spaces (pipeline output) */
     model_gen_defaults gen;
 };
 

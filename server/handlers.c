@@ -6,6 +6,7 @@
 
 #include "server/classify.h"
 #include "server/docs.h"
+#include "server/generate.h"
 #include "server/log.h"
 #include "server/server.h"
 #include "server/tokenize.h"
@@ -59,6 +60,85 @@ static void predict_classify(srv_server *s, srv_conn *c, srv_worker *w)
     srv_server_submit(s, c, job);
 }
 
+/* Parses a generation request of the given form and hands it to the
+ * model's scheduler; stream answers with server-sent events. */
+static void submit_generate(srv_server *s, srv_conn *c, srv_worker *w, srv_gen_form form,
+                            bool stream)
+{
+    srv_request in = request_of(s, c);
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
+        srv_conn_send(c);
+        return;
+    }
+    job->worker = w;
+    job->gen.stream = stream;
+    if (srv_gen_parse(w->model, form, &in, &job->gen, srv_conn_reply(c))) {
+        srv_job_free(job);
+        srv_conn_send(c);
+        return;
+    }
+    snprintf(job->gen.model_name, sizeof job->gen.model_name, "%s", w->name);
+    job->n_seq = (int)job->gen.n;
+    for (size_t i = 0; i < job->gen.n; i++)
+        job->n_tokens += job->gen.seqs[i].n_prompt;
+    srv_metrics_input_tokens(s->metrics, w->name, job->n_tokens);
+    srv_server_submit(s, c, job);
+}
+
+static bool is_generative(srv_conn *c, srv_worker *w)
+{
+    if (w->model->task == MODEL_TASK_GENERATE)
+        return true;
+    srv_reply_detail(srv_conn_reply(c), 422, "model '%s' does %s, not text-generation", w->name,
+                     model_task_name(w->model->task));
+    srv_conn_send(c);
+    return false;
+}
+
+static void handle_generate(void *server, srv_conn *c, void *ctx)
+{
+    srv_worker *w = ((req_ctx *)ctx)->worker;
+    if (ready(server, c) && is_generative(c, w))
+        submit_generate(server, c, w, SRV_GEN_TGI, false);
+}
+
+static void handle_generate_stream(void *server, srv_conn *c, void *ctx)
+{
+    srv_worker *w = ((req_ctx *)ctx)->worker;
+    if (ready(server, c) && is_generative(c, w))
+        submit_generate(server, c, w, SRV_GEN_TGI, true);
+}
+
+/* OpenAI picks the model by the body's "model" field: a served model's
+ * name, or absent for the default. */
+static void handle_completions(void *server, srv_conn *c, void *ctx)
+{
+    (void)ctx;
+    srv_server *s = server;
+    if (!ready(s, c))
+        return;
+    srv_request in = request_of(s, c);
+    void *root;
+    if (srv_json_body(&in, &root, srv_conn_reply(c))) {
+        srv_conn_send(c);
+        return;
+    }
+    char name[80];
+    bool named = srv_json_string_field(root, "model", name, sizeof name);
+    srv_json_free(root);
+    srv_worker *w = named ? srv_server_model(s, name, strlen(name)) : srv_server_model(s, NULL, 0);
+    if (!w) {
+        srv_reply_detail(srv_conn_reply(c), 404, "Model '%s' not found", name);
+        srv_conn_send(c);
+        return;
+    }
+    ((req_ctx *)ctx)->worker = w;
+    if (is_generative(c, w))
+        submit_generate(s, c, w, SRV_GEN_OPENAI, false); /* "stream" is read from the body */
+}
+
 static void handle_predict(void *server, srv_conn *c, void *ctx)
 {
     srv_server *s = server;
@@ -68,6 +148,9 @@ static void handle_predict(void *server, srv_conn *c, void *ctx)
     switch (w->model->task) {
     case MODEL_TASK_CLASSIFY:
         predict_classify(s, c, w);
+        return;
+    case MODEL_TASK_GENERATE:
+        submit_generate(s, c, w, SRV_GEN_PIPELINE, false);
         return;
     default:
         srv_reply_detail(srv_conn_reply(c), 501, "task %s is not served yet",
@@ -174,6 +257,12 @@ static const srv_route routes[] = {
     {"/models/{name}/predict", "POST", "/models/{name}/predict", true, handle_predict},
     {"/tokenize", "POST", "/tokenize", true, handle_tokenize},
     {"/models/{name}/tokenize", "POST", "/models/{name}/tokenize", true, handle_tokenize},
+    {"/generate", "POST", "/generate", true, handle_generate},
+    {"/generate_stream", "POST", "/generate_stream", true, handle_generate_stream},
+    {"/models/{name}/generate", "POST", "/models/{name}/generate", true, handle_generate},
+    {"/models/{name}/generate_stream", "POST", "/models/{name}/generate_stream", true,
+     handle_generate_stream},
+    {"/v1/completions", "POST", "/v1/completions", false, handle_completions},
     {"/models", "GET", "/models", false, handle_models},
     {"/health", "GET", "/health", false, handle_health},
     {"/metrics", "GET", "/metrics", false, handle_metrics},

@@ -21,11 +21,14 @@ struct srv_http {
     srv_http_hooks hooks;
     int port;
     int deferred;
+    int open;         /* connections MHD holds now */
+    unsigned closed;  /* connections closed so far */
     bool running;     /* inside run_mhd: resumes are picked up by its loop */
 };
 
 typedef enum conn_state {
     CONN_READING,  /* gathering the body */
+    CONN_DISCARDING, /* refused mid-body: the rest is read and dropped, then the reply sent */
     CONN_ANSWERED, /* a response is queued (or the request was refused) */
     CONN_DEFERRED, /* suspended, waiting for srv_conn_resume */
     CONN_READY,    /* resumed with its reply, response not yet queued */
@@ -38,7 +41,7 @@ struct srv_conn {
     conn_state state;
     char *method, *path;
     srv_buf body;
-    bool too_large;
+    size_t discarded; /* body bytes dropped after a refusal (CONN_DISCARDING) */
     double start;
     srv_reply reply;
     void *data;
@@ -70,13 +73,22 @@ static double mono_now(void)
 
 static void on_timer(uv_timer_t *t);
 
-/* Lets MHD do all pending work, then arms the timer for its next deadline. */
+/* Lets MHD do all pending work, then arms the timer for its next deadline.
+ *
+ * A run that closed connections is followed by a second one: MHD takes its
+ * listening socket out of its epoll set when it cannot accept more (at its
+ * connection limit, or out of descriptors) and puts it back only at the start
+ * of its next run. Without that run, new clients would wait in the backlog
+ * until some unrelated event woke the loop. */
 static void run_mhd(srv_http *h)
 {
     if (!h->mhd)
         return;
     h->running = true;
+    unsigned closed = h->closed;
     MHD_run(h->mhd);
+    if (h->closed != closed)
+        MHD_run(h->mhd);
     h->running = false;
     MHD_UNSIGNED_LONG_LONG ms;
     if (MHD_get_timeout(h->mhd, &ms) == MHD_YES)
@@ -143,8 +155,12 @@ static void on_watch(uv_poll_t *p, int status, int events)
     if (c->on_gone)
         c->on_gone(c->gone_arg);
     c->on_gone = NULL;
-    if (c->state == CONN_DEFERRED)
+    if (c->state == CONN_DEFERRED) {
+        /* No srv_conn_resume follows a dropped request, so it stops counting
+         * as deferred here; a shutdown would otherwise wait for it forever. */
+        c->http->deferred--;
         c->state = CONN_READY; /* MHD finds the socket closed and ends it */
+    }
     srv_reply_detail(&c->reply, 499, "client closed request");
     if (c->state == CONN_STREAMING)
         c->stream_done = true;
@@ -282,6 +298,38 @@ static enum MHD_Result refuse(srv_conn *c, int status, const char *fmt, size_t l
     return queue_reply(c);
 }
 
+/* Refuses a request whose body is being received. MHD queues a response only
+ * before the body or after all of it, so the rest of the body is read and
+ * dropped and the reply leaves at its end (see CONN_DISCARDING). */
+static enum MHD_Result refuse_body(srv_conn *c, int status, const char *fmt, size_t limit)
+{
+    srv_reply_detail(&c->reply, status, fmt, limit);
+    c->state = CONN_DISCARDING;
+    srv_buf_free(&c->body);
+    return MHD_YES;
+}
+
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    (void)key;
+    (void)value;
+    *(size_t *)cls += key_size + value_size + 4; /* "key: value\r\n", "key=value&" */
+    return MHD_YES;
+}
+
+/* The request line and headers, as received less a few bytes of syntax. MHD
+ * enforces only its memory pool, which must be larger than the limit (it also
+ * holds the read buffer and the response headers). */
+static size_t header_size(srv_conn *c)
+{
+    size_t n = strlen(c->method) + strlen(c->path) + sizeof " HTTP/1.1\r\n\r\n";
+    MHD_get_connection_values_n(c->mhd, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND, add_header_size,
+                                &n);
+    return n;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **req_cls)
@@ -293,6 +341,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
         if (!(c = conn_new(h, mhd, method, url)))
             return MHD_NO;
         *req_cls = c;
+        if (header_size(c) > h->cfg.max_header_bytes)
+            return refuse(c, 431, "request line and headers are larger than the limit of %zu bytes",
+                          h->cfg.max_header_bytes);
         const char *cl = MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes)
             return refuse(c, 413, "request body is larger than the limit of %zu bytes",
@@ -302,19 +353,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
     switch (c->state) {
     case CONN_READING:
         if (*upload_size) {
-            if (c->body.len + *upload_size > h->cfg.max_body_bytes) {
-                *upload_size = 0;
-                return refuse(c, 413, "request body is larger than the limit of %zu bytes",
-                              h->cfg.max_body_bytes);
-            }
-            srv_buf_append(&c->body, upload_data, *upload_size);
+            size_t n = *upload_size;
             *upload_size = 0;
+            if (c->body.len + n > h->cfg.max_body_bytes) {
+                c->discarded = n;
+                return refuse_body(c, 413, "request body is larger than the limit of %zu bytes",
+                                   h->cfg.max_body_bytes);
+            }
+            srv_buf_append(&c->body, upload_data, n);
             if (c->body.oom)
-                return refuse(c, 503, "out of memory for a body of %zu bytes", c->body.len);
+                return refuse_body(c, 503, "out of memory for a body of %zu bytes", c->body.len);
             return MHD_YES;
         }
         h->hooks.dispatch(h->hooks.ud, c);
         return MHD_YES;
+    case CONN_DISCARDING:
+        if (*upload_size) {
+            c->discarded += *upload_size;
+            *upload_size = 0;
+            /* Past another limit's worth the client is not listening: hang up. */
+            return c->discarded > h->cfg.max_body_bytes ? MHD_NO : MHD_YES;
+        }
+        return queue_reply(c);
     case CONN_READY:
         return queue_reply(c);
     case CONN_STREAMING:
@@ -348,6 +408,35 @@ static void on_completed(void *cls, struct MHD_Connection *mhd, void **req_cls,
     h->hooks.completed(h->hooks.ud, c);
     conn_free(c);
     *req_cls = NULL;
+}
+
+/* Counts open connections, for the accept policy below. */
+static void on_connection(void *cls, struct MHD_Connection *mhd, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)mhd;
+    (void)socket_ctx;
+    srv_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        h->open++;
+    } else {
+        h->open--;
+        h->closed++;
+    }
+}
+
+/* Past max_connections a new client is accepted and closed at once, so it
+ * learns that the server is full. (MHD's own limit instead leaves it waiting
+ * in the listen backlog, with no answer, until a slot frees.) */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addr;
+    (void)addrlen;
+    srv_http *h = cls;
+    if (h->open < h->cfg.max_connections)
+        return MHD_YES;
+    srv_log(SRV_LOG_DEBUG, "http: %d connections open, refusing another", h->open);
+    return MHD_NO;
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -399,15 +488,18 @@ int srv_http_start(srv_http **out, uv_loop_t *loop, const srv_http_cfg *cfg,
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    /* MHD keeps the request line and headers in a per-connection pool; its
-     * size is the header limit (MHD answers 431/413 past it). */
-    h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
+    /* MHD keeps the request line and headers in a per-connection pool, sized
+     * above the header limit (which on_request checks, answering 431); MHD
+     * answers past the pool by itself. Its connection limit is one above ours
+     * and never reached: on_accept enforces ours. */
+    h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, on_accept, h, on_request, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first, or MHD logs the others itself */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections + 1,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header_bytes + 16384,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         MHD_OPTION_END);
     if (!h->mhd) {
@@ -471,15 +563,34 @@ int srv_conn_status(const srv_conn *c) { return c->status; }
 size_t srv_conn_bytes_sent(const srv_conn *c) { return c->sent; }
 bool srv_conn_abandoned(const srv_conn *c) { return c->abandoned; }
 
+typedef struct query_match {
+    const char *key;
+    size_t key_len;
+    const char *value; /* the last match; NULL while none */
+    size_t len;
+} query_match;
+
+static enum MHD_Result match_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    query_match *m = cls;
+    if (key && key_size == m->key_len && memcmp(key, m->key, key_size) == 0) {
+        m->value = value ? value : "";
+        m->len = value ? value_size : 0;
+    }
+    return MHD_YES;
+}
+
+/* Keys match case-sensitively and a repeated key gives its last value, as in
+ * FastAPI (MHD's own lookup ignores case and returns the first). */
 const char *srv_conn_query(const srv_conn *c, const char *key, size_t *len)
 {
-    const char *v = NULL;
-    size_t n = 0;
-    if (MHD_lookup_connection_value_n(c->mhd, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES)
-        return NULL;
-    if (len)
-        *len = n;
-    return v ? v : "";
+    query_match m = {.key = key, .key_len = strlen(key)};
+    MHD_get_connection_values_n(c->mhd, MHD_GET_ARGUMENT_KIND, match_query, &m);
+    if (m.value && len)
+        *len = m.len;
+    return m.value;
 }
 
 const char *srv_conn_header(const srv_conn *c, const char *name)

@@ -1,6 +1,7 @@
 #include "server/request.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 int srv_json_body(const srv_request *in, void **root, srv_reply *err)
@@ -20,6 +21,20 @@ int srv_json_body(const srv_request *in, void **root, srv_reply *err)
     }
     *root = v;
     return 0;
+}
+
+void srv_json_free(void *root)
+{
+    json_decref(root);
+}
+
+bool srv_json_string_field(const void *root, const char *key, char *buf, size_t cap)
+{
+    json_t *v = json_object_get(root, key);
+    if (!json_is_string(v))
+        return false;
+    snprintf(buf, cap, "%s", json_string_value(v));
+    return true;
 }
 
 char *srv_json_dump(const void *value)

@@ -11,6 +11,8 @@
 typedef struct srv_limits {
     size_t max_client_batch; /* texts in one request's "inputs" list */
     int max_input_tokens;    /* 0: the model's own maximum */
+    int max_new_tokens;      /* generation: the most a request may ask for */
+    long max_batch_total_tokens; /* generation: KV-cache tokens a model holds */
 } srv_limits;
 
 typedef struct srv_request {
@@ -26,6 +28,13 @@ typedef struct srv_request {
  * JSON layer includes jansson). On failure returns -1 with a 422 json_invalid
  * in err; an object is required unless allow_any. */
 int srv_json_body(const srv_request *in, void **root, srv_reply *err);
+
+/* Frees what srv_json_body returned. */
+void srv_json_free(void *root);
+
+/* Copies the string field key of a parsed object into buf; false when it is
+ * absent or not a string. */
+bool srv_json_string_field(const void *root, const char *key, char *buf, size_t cap);
 
 /* Writes the JSON encoding of a jansson value (for the "input" of an error). */
 char *srv_json_dump(const void *value);

@@ -48,23 +48,63 @@ static void job_done(void *ud, srv_job *job)
     uv_async_send(&s->done_async);
 }
 
-static void finish_job(srv_server *s, srv_job *job)
+static void finish_classify(srv_server *s, srv_job *job)
 {
     srv_conn *c = job->conn;
-    const model *m = job->worker->model;
     s->in_flight--;
     if (c) {
         srv_reply *r = srv_conn_reply(c);
         if (job->rc)
             srv_reply_eng_error(r, &job->err);
         else
-            srv_classify_format(m, &job->cls, r);
+            srv_classify_format(job->worker->model, &job->cls, r);
         srv_conn_resume(c);
     } else {
         srv_metrics_cancelled(s->metrics, job->worker->name);
     }
-    srv_classify_req_free(&job->cls);
-    free(job);
+    srv_job_free(job);
+}
+
+/* A generation job is posted with news (streamed tokens) or when the worker
+ * is done with it; only the latter frees it. */
+static void finish_generate(srv_server *s, srv_job *job)
+{
+    srv_gen_job *g = &job->gen;
+    srv_conn *c = job->conn;
+    const model *m = job->worker->model;
+    pthread_mutex_lock(&g->lock);
+    g->posted = false;
+    bool finished = g->finished;
+    pthread_mutex_unlock(&g->lock);
+    if (c && g->stream) {
+        srv_buf events;
+        srv_buf_init(&events);
+        bool complete = srv_gen_stream_events(m, g, &events);
+        if (events.len)
+            srv_conn_stream_write(c, events.data, events.len);
+        srv_buf_free(&events);
+        if (complete) {
+            srv_conn_stream_end(c);
+            job->conn = NULL; /* the connection ends without us */
+        }
+    } else if (c && finished) {
+        srv_gen_format(m, g, srv_conn_reply(c));
+        srv_conn_resume(c);
+    }
+    if (!finished)
+        return;
+    if (!c)
+        srv_metrics_cancelled(s->metrics, job->worker->name);
+    s->in_flight--;
+    srv_job_free(job);
+}
+
+static void finish_job(srv_server *s, srv_job *job)
+{
+    if (job->worker->model->task == MODEL_TASK_GENERATE)
+        finish_generate(s, job);
+    else
+        finish_classify(s, job);
 }
 
 static void on_jobs_done(uv_async_t *a)
@@ -88,13 +128,15 @@ void srv_server_submit(srv_server *s, srv_conn *c, srv_job *job)
     if (srv_worker_submit(w, job) != 0) {
         srv_metrics_rejected(s->metrics, w->name, "queue_full");
         srv_reply_detail(srv_conn_reply(c), 429, "Model is overloaded");
-        srv_classify_req_free(&job->cls);
-        free(job);
+        srv_job_free(job);
         srv_conn_send(c);
         return;
     }
     s->in_flight++;
-    srv_conn_defer(c, job_gone, job);
+    if (w->model->task == MODEL_TASK_GENERATE && job->gen.stream)
+        srv_conn_stream_start(c, "text/event-stream", job_gone, job);
+    else
+        srv_conn_defer(c, job_gone, job);
 }
 
 /* ---- loading --------------------------------------------------------------- */
@@ -128,7 +170,8 @@ static void models_loaded(uv_work_t *work, int status)
     }
     srv_worker_cfg wc = {
         .max_batch_size = s->opts->max_batch_size, .max_batch_tokens = s->opts->max_batch_tokens,
-        .max_batch_wait_us = s->opts->max_batch_wait_us, .max_queue = s->opts->max_queue};
+        .max_batch_wait_us = s->opts->max_batch_wait_us, .max_queue = s->opts->max_queue,
+        .max_batch_total_tokens = s->opts->max_batch_total_tokens};
     srv_worker_hooks hooks = {.done = job_done, .ud = s, .metrics = s->metrics};
     for (size_t i = 0; i < s->n_workers; i++) {
         eng_err err = {0};
@@ -222,7 +265,9 @@ static int start(srv_server *s, eng_err *err)
     if (!s->workers || !s->models)
         return eng_err_set(err, ENG_ENOMEM, "out of memory");
     s->limits = (srv_limits){.max_client_batch = (size_t)s->opts->max_client_batch_size,
-                             .max_input_tokens = s->opts->max_input_tokens};
+                             .max_input_tokens = s->opts->max_input_tokens,
+                             .max_new_tokens = s->opts->max_new_tokens_limit,
+                             .max_batch_total_tokens = s->opts->max_batch_total_tokens};
     int rc = srv_metrics_new(VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
     if (rc)
         return eng_err_set(err, rc, "out of memory");

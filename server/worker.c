@@ -18,6 +18,15 @@ void srv_job_cancel(srv_job *job)
     atomic_store(&job->cancelled, true);
 }
 
+void srv_job_free(srv_job *job)
+{
+    if (job->worker && job->worker->model->task == MODEL_TASK_GENERATE)
+        srv_gen_job_free(&job->gen);
+    else
+        srv_classify_req_free(&job->cls);
+    free(job);
+}
+
 int srv_worker_submit(srv_worker *w, srv_job *job)
 {
     pthread_mutex_lock(&w->lock);
@@ -153,9 +162,92 @@ static void run_classify(srv_worker *w, srv_job *jobs)
     free(logits);
 }
 
+/* ---- generation: continuous batching ------------------------------------ */
+
+static bool job_cancelled(void *owner)
+{
+    return atomic_load(&((srv_job *)owner)->cancelled);
+}
+
+static void job_news(void *ud, void *owner)
+{
+    srv_worker *w = ud;
+    w->hooks.done(w->hooks.ud, owner);
+}
+
+/* Hands back a queued job whose client left, without running it. */
+static void drop_queued(srv_worker *w, srv_job *job)
+{
+    pthread_mutex_lock(&job->gen.lock);
+    job->gen.finished = true;
+    job->gen.posted = true;
+    pthread_mutex_unlock(&job->gen.lock);
+    w->hooks.done(w->hooks.ud, job);
+}
+
+/* Moves queued jobs into the running set while the KV budget allows; waits
+ * when there is nothing to do. Returns false when stopping and drained. */
+static bool admit(srv_worker *w, srv_gen_sched *sched)
+{
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->head) {
+            srv_job *j = w->head;
+            bool cancelled = atomic_load(&j->cancelled);
+            if (!cancelled && !srv_gen_sched_admit(sched, &j->gen, j))
+                break;
+            w->head = j->next;
+            if (!w->head)
+                w->tail = NULL;
+            w->n_waiting--;
+            if (cancelled)
+                drop_queued(w, j);
+            else
+                srv_metrics_queue_wait(w->hooks.metrics, w->name, mono_now() - j->t_enqueue);
+        }
+        if (srv_gen_sched_running(sched) || (w->stopping && !w->head))
+            break;
+        pthread_cond_wait(&w->wake, &w->lock);
+    }
+    bool more = srv_gen_sched_running(sched) > 0;
+    int waiting = w->n_waiting;
+    pthread_mutex_unlock(&w->lock);
+    srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
+    return more;
+}
+
+static void run_generate(srv_worker *w)
+{
+    srv_gen_sched_cfg cfg = {.max_batch_size = w->cfg.max_batch_size,
+                             .max_batch_tokens = w->cfg.max_batch_tokens,
+                             .max_batch_total_tokens = w->cfg.max_batch_total_tokens};
+    srv_gen_sched *sched;
+    eng_err err = {0};
+    if (srv_gen_sched_new(w->model, &cfg, &sched, &err)) {
+        srv_error("model %s: %s", w->name, err.msg);
+        return;
+    }
+    while (admit(w, sched)) {
+        long before = srv_gen_sched_generated(sched);
+        double t0 = mono_now();
+        int running = srv_gen_sched_running(sched);
+        if (srv_gen_sched_step(sched, job_cancelled, job_news, w, &err))
+            srv_error("model %s: %s", w->name, err.msg);
+        srv_metrics_batch(w->hooks.metrics, w->name, running, 0, mono_now() - t0);
+        srv_metrics_generation(w->hooks.metrics, w->name, (int)(srv_gen_sched_generated(sched) - before),
+                               srv_gen_sched_running(sched), srv_gen_sched_kv_used(sched),
+                               srv_gen_sched_kv_capacity(sched));
+    }
+    srv_gen_sched_free(sched);
+}
+
 static void *worker_main(void *arg)
 {
     srv_worker *w = arg;
+    if (w->model->task == MODEL_TASK_GENERATE) {
+        run_generate(w);
+        return NULL;
+    }
     for (;;) {
         srv_job *jobs = take_batch(w);
         if (!jobs)

@@ -16,6 +16,7 @@
 #include "engine/arena.h"
 #include "models/model.h"
 #include "server/classify.h"
+#include "server/generate.h"
 #include "server/metrics.h"
 
 typedef struct srv_job srv_job;
@@ -31,6 +32,7 @@ struct srv_job {
     int rc;                  /* 0, or the forward's error in err */
     eng_err err;
     srv_classify_req cls;    /* MODEL_TASK_CLASSIFY */
+    srv_gen_job gen;         /* MODEL_TASK_GENERATE */
 };
 
 typedef struct srv_worker_cfg {
@@ -38,6 +40,7 @@ typedef struct srv_worker_cfg {
     int max_batch_tokens;
     long max_batch_wait_us;
     int max_queue;
+    long max_batch_total_tokens; /* generation: the KV-cache budget */
 } srv_worker_cfg;
 
 typedef struct srv_worker_hooks {
@@ -71,5 +74,8 @@ int srv_worker_submit(srv_worker *w, srv_job *job);
 
 /* Marks a job abandoned; if still queued it is skipped, not computed. */
 void srv_job_cancel(srv_job *job);
+
+/* Frees a job and its task's data (loop thread). */
+void srv_job_free(srv_job *job);
 
 #endif
