@@ -15,6 +15,7 @@
 #include "engine/arena.h"
 #include "engine/error.h"
 #include "engine/tensor.h"
+#include "models/image.h"
 #include "models/tokenizer.h"
 
 typedef enum model_task {
@@ -81,6 +82,15 @@ typedef struct model_ops {
      * logits of its last new token: logits (n_seq, vocab_size). */
     int (*generate_step)(const model *m, const model_batch *b, model_kv *const *kv, eng_arena *a,
                          float *logits, eng_err *err);
+    /* MODEL_TASK_IMAGE_TEXT: projected text features (n_seq, proj_dim), before
+     * L2 normalisation, of sequences that end with the end-of-text token. */
+    int (*embed_text)(const model *m, const model_batch *b, eng_arena *a, float *out, eng_err *err);
+    /* MODEL_TASK_IMAGE_TEXT: projected image features (n, proj_dim) of n
+     * preprocessed images, pixels (n, 3, image_size, image_size). */
+    int (*embed_image)(const model *m, const float *pixels, int n, eng_arena *a, float *out,
+                       eng_err *err);
+    /* MODEL_TASK_IMAGE_TEXT: arena bytes for n images (texts use scratch_size). */
+    size_t (*image_scratch_size)(const model *m, int n);
 } model_ops;
 
 struct model {
@@ -102,6 +112,12 @@ struct model {
     int32_t eos_id;       /* -1: none */
     bool clean_up_spaces; /* tokenizer_config's clean_up_tokenization_spaces (pipeline output) */
     model_gen_defaults gen;
+
+    /* MODEL_TASK_IMAGE_TEXT */
+    int proj_dim;         /* embedding size */
+    int image_size;       /* pixels per side the vision tower takes */
+    float logit_scale;    /* stored (log) value; similarities are scaled by exp of it */
+    img_preproc_cfg preproc;
 };
 
 /* Loads the model in dir. Every failure is an error naming the file and the

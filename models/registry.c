@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine/config.h"
+#include "models/clip.h"
 #include "models/distilbert.h"
 #include "models/gpt2.h"
 #include "models/model.h"
@@ -20,6 +21,7 @@ static const struct {
 } registry[] = {
     {"DistilBertForSequenceClassification", "distilbert", distilbert_load},
     {"GPT2LMHeadModel", "gpt2", gpt2_load},
+    {"CLIPModel", "clip", clip_load},
 };
 
 const char *model_task_name(model_task t)
