@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "server/classify.h"
+#include "server/clip_task.h"
 #include "server/docs.h"
 #include "server/generate.h"
 #include "server/log.h"
@@ -139,6 +140,44 @@ static void handle_completions(void *server, srv_conn *c, void *ctx)
         submit_generate(s, c, w, SRV_GEN_OPENAI, false); /* "stream" is read from the body */
 }
 
+/* CLIP: zero-shot, image-text logits (/predict) or embeddings (/embed). */
+static void submit_clip(srv_server *s, srv_conn *c, srv_worker *w, bool embed)
+{
+    srv_request in = request_of(s, c);
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
+        srv_conn_send(c);
+        return;
+    }
+    job->worker = w;
+    if (srv_clip_parse(w->model, &in, embed, &job->clip, srv_conn_reply(c))) {
+        srv_job_free(job);
+        srv_conn_send(c);
+        return;
+    }
+    job->n_seq = (int)(job->clip.n_images + job->clip.n_texts);
+    job->n_tokens = (int)job->clip.n_images * 50;
+    for (size_t i = 0; i < job->clip.n_texts; i++)
+        job->n_tokens += (int)job->clip.texts[i].n;
+    srv_metrics_input_tokens(s->metrics, w->name, job->n_tokens);
+    srv_server_submit(s, c, job);
+}
+
+static void handle_embed(void *server, srv_conn *c, void *ctx)
+{
+    srv_worker *w = ((req_ctx *)ctx)->worker;
+    if (!ready(server, c))
+        return;
+    if (w->model->task != MODEL_TASK_IMAGE_TEXT) {
+        srv_reply_detail(srv_conn_reply(c), 422, "model '%s' does %s; /embed serves image-text models",
+                         w->name, model_task_name(w->model->task));
+        srv_conn_send(c);
+        return;
+    }
+    submit_clip(server, c, w, true);
+}
+
 static void handle_predict(void *server, srv_conn *c, void *ctx)
 {
     srv_server *s = server;
@@ -152,10 +191,9 @@ static void handle_predict(void *server, srv_conn *c, void *ctx)
     case MODEL_TASK_GENERATE:
         submit_generate(s, c, w, SRV_GEN_PIPELINE, false);
         return;
-    default:
-        srv_reply_detail(srv_conn_reply(c), 501, "task %s is not served yet",
-                         model_task_name(w->model->task));
-        srv_conn_send(c);
+    case MODEL_TASK_IMAGE_TEXT:
+        submit_clip(s, c, w, false);
+        return;
     }
 }
 
@@ -263,6 +301,8 @@ static const srv_route routes[] = {
     {"/models/{name}/generate_stream", "POST", "/models/{name}/generate_stream", true,
      handle_generate_stream},
     {"/v1/completions", "POST", "/v1/completions", false, handle_completions},
+    {"/embed", "POST", "/embed", true, handle_embed},
+    {"/models/{name}/embed", "POST", "/models/{name}/embed", true, handle_embed},
     {"/models", "GET", "/models", false, handle_models},
     {"/health", "GET", "/health", false, handle_health},
     {"/metrics", "GET", "/metrics", false, handle_metrics},

@@ -56,6 +56,8 @@ static void finish_classify(srv_server *s, srv_job *job)
         srv_reply *r = srv_conn_reply(c);
         if (job->rc)
             srv_reply_eng_error(r, &job->err);
+        else if (job->worker->model->task == MODEL_TASK_IMAGE_TEXT)
+            srv_clip_format(job->worker->model, &job->clip, r);
         else
             srv_classify_format(job->worker->model, &job->cls, r);
         srv_conn_resume(c);
@@ -171,7 +173,7 @@ static void models_loaded(uv_work_t *work, int status)
     srv_worker_cfg wc = {
         .max_batch_size = s->opts->max_batch_size, .max_batch_tokens = s->opts->max_batch_tokens,
         .max_batch_wait_us = s->opts->max_batch_wait_us, .max_queue = s->opts->max_queue,
-        .max_batch_total_tokens = s->opts->max_batch_total_tokens};
+        .max_batch_total_tokens = s->opts->max_batch_total_tokens, .limits = s->limits};
     srv_worker_hooks hooks = {.done = job_done, .ud = s, .metrics = s->metrics};
     for (size_t i = 0; i < s->n_workers; i++) {
         eng_err err = {0};
@@ -267,7 +269,9 @@ static int start(srv_server *s, eng_err *err)
     s->limits = (srv_limits){.max_client_batch = (size_t)s->opts->max_client_batch_size,
                              .max_input_tokens = s->opts->max_input_tokens,
                              .max_new_tokens = s->opts->max_new_tokens_limit,
-                             .max_batch_total_tokens = s->opts->max_batch_total_tokens};
+                             .max_batch_total_tokens = s->opts->max_batch_total_tokens,
+                             .max_image_bytes = s->opts->max_image_bytes,
+                             .max_image_pixels = s->opts->max_image_pixels};
     int rc = srv_metrics_new(VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
     if (rc)
         return eng_err_set(err, rc, "out of memory");

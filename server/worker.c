@@ -20,8 +20,11 @@ void srv_job_cancel(srv_job *job)
 
 void srv_job_free(srv_job *job)
 {
-    if (job->worker && job->worker->model->task == MODEL_TASK_GENERATE)
+    model_task task = job->worker ? job->worker->model->task : MODEL_TASK_CLASSIFY;
+    if (task == MODEL_TASK_GENERATE)
         srv_gen_job_free(&job->gen);
+    else if (task == MODEL_TASK_IMAGE_TEXT)
+        srv_clip_req_free(&job->clip);
     else
         srv_classify_req_free(&job->cls);
     free(job);
@@ -254,6 +257,8 @@ static void *worker_main(void *arg)
             break;
         if (w->model->task == MODEL_TASK_CLASSIFY)
             run_classify(w, jobs);
+        else if (w->model->task == MODEL_TASK_IMAGE_TEXT)
+            srv_worker_run_clip(w, jobs);
         while (jobs) {
             srv_job *next = jobs->next;
             w->hooks.done(w->hooks.ud, jobs);
@@ -297,6 +302,7 @@ void srv_worker_stop(srv_worker *w)
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->wake);
     eng_arena_free(&w->arena);
+    srv_worker_clip_free(w);
     free(w->name);
     w->name = NULL;
 }

@@ -16,6 +16,7 @@
 #include "engine/arena.h"
 #include "models/model.h"
 #include "server/classify.h"
+#include "server/clip_task.h"
 #include "server/generate.h"
 #include "server/metrics.h"
 
@@ -33,6 +34,7 @@ struct srv_job {
     eng_err err;
     srv_classify_req cls;    /* MODEL_TASK_CLASSIFY */
     srv_gen_job gen;         /* MODEL_TASK_GENERATE */
+    srv_clip_req clip;       /* MODEL_TASK_IMAGE_TEXT */
 };
 
 typedef struct srv_worker_cfg {
@@ -41,6 +43,7 @@ typedef struct srv_worker_cfg {
     long max_batch_wait_us;
     int max_queue;
     long max_batch_total_tokens; /* generation: the KV-cache budget */
+    srv_limits limits;           /* image limits, for decoding on the worker */
 } srv_worker_cfg;
 
 typedef struct srv_worker_hooks {
@@ -62,6 +65,7 @@ struct srv_worker {
     bool stopping;
     bool started;
     eng_arena arena;          /* the worker's scratch; only its thread touches it */
+    struct srv_clip_state *clip; /* MODEL_TASK_IMAGE_TEXT buffers and text cache */
 };
 
 int srv_worker_start(srv_worker *w, const char *name, model *m, const srv_worker_cfg *cfg,
@@ -77,5 +81,9 @@ void srv_job_cancel(srv_job *job);
 
 /* Frees a job and its task's data (loop thread). */
 void srv_job_free(srv_job *job);
+
+/* Internal to the workers: the image-text batch (server/worker_clip.c). */
+void srv_worker_run_clip(srv_worker *w, srv_job *jobs);
+void srv_worker_clip_free(srv_worker *w);
 
 #endif
