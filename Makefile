@@ -63,9 +63,10 @@ $(BUILD)/%: $(BUILD)/obj/tests/bench/%.o $(BUILD)/libpredictd.a
 deps:
 	@scripts/install-deps.sh
 
+# Serves the three bundled demo models (config/predictd.example.json) on :8000.
 run: deps
 	@$(MAKE) --no-print-directory all
-	$(BUILD)/predictd --model models/demo/sst2-distilbert-small
+	$(BUILD)/predictd --config config/predictd.example.json
 
 unit-test: $(BUILD)/unit_tests $(BUILD)/predictd
 	$(BUILD)/unit_tests
