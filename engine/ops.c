@@ -1,7 +1,11 @@
 #include "engine/ops.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "engine/ops_simd.h"
 
 /* Mean and variance in double: a 768-wide row summed in float loses digits
  * that the 1e-5 batched-vs-alone tolerance would notice. */
@@ -45,13 +49,13 @@ void eng_add(float *y, const float *x, size_t n)
         y[i] += x[i];
 }
 
-void eng_gelu_erf(float *x, size_t n)
+void eng_gelu_erf_ref(float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
 }
 
-void eng_gelu_tanh(float *x, size_t n)
+void eng_gelu_tanh_ref(float *x, size_t n)
 {
     const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
     for (size_t i = 0; i < n; i++) {
@@ -60,7 +64,7 @@ void eng_gelu_tanh(float *x, size_t n)
     }
 }
 
-void eng_quick_gelu(float *x, size_t n)
+void eng_quick_gelu_ref(float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
@@ -70,6 +74,66 @@ void eng_relu(float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] = x[i] > 0 ? x[i] : 0;
+}
+
+/* ---- dispatch ----------------------------------------------------------------- */
+
+static const eng_ops_impl ref_impl = {"ref", eng_gelu_erf_ref, eng_gelu_tanh_ref, eng_quick_gelu_ref,
+                                      eng_softmax_ref};
+static const eng_ops_impl *impl = &ref_impl;
+static pthread_once_t impl_once = PTHREAD_ONCE_INIT;
+
+const eng_ops_impl *eng_ops_for_level(const char *level)
+{
+    if (strcmp(level, "ref") == 0)
+        return &ref_impl;
+    if (strcmp(level, "avx2") == 0)
+        return eng_ops_avx2();
+    return eng_ops_avx512();
+}
+
+/* The widest set the CPU runs, or a lower one PREDICTD_KERNELS asks for
+ * ("ref", "avx2"; anything wider than the CPU falls back). */
+static void pick_impl(void)
+{
+    const char *want = getenv("PREDICTD_KERNELS");
+    const eng_ops_impl *best = eng_ops_avx512();
+    if (!best || (want && strncmp(want, "avx2", 4) == 0) || (want && strcmp(want, "avxvnni") == 0))
+        best = eng_ops_avx2();
+    if (!best || (want && strcmp(want, "ref") == 0))
+        best = &ref_impl;
+    impl = best;
+}
+
+static const eng_ops_impl *ops(void)
+{
+    pthread_once(&impl_once, pick_impl);
+    return impl;
+}
+
+const char *eng_ops_level(void)
+{
+    return ops()->level;
+}
+
+void eng_gelu_erf(float *x, size_t n)
+{
+    ops()->gelu_erf(x, n);
+}
+
+void eng_gelu_tanh(float *x, size_t n)
+{
+    ops()->gelu_tanh(x, n);
+}
+
+void eng_quick_gelu(float *x, size_t n)
+{
+    ops()->quick_gelu(x, n);
+}
+
+void eng_softmax(float *x, int n)
+{
+    ops()->softmax(x, n);
 }
 
 static const struct {
@@ -90,7 +154,7 @@ eng_activation_fn eng_activation_by_name(const char *name)
     return NULL;
 }
 
-void eng_softmax(float *x, int n)
+void eng_softmax_ref(float *x, int n)
 {
     float max = -INFINITY;
     for (int i = 0; i < n; i++)

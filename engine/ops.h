@@ -33,4 +33,16 @@ void eng_softmax(float *x, int n);
 /* log_softmax of one row of n values into out (may equal x). */
 void eng_log_softmax(float *out, const float *x, int n);
 
+/* The plain C references of the vectorised kernels (libm's expf, erff, tanhf). */
+void eng_gelu_erf_ref(float *x, size_t n);
+void eng_gelu_tanh_ref(float *x, size_t n);
+void eng_quick_gelu_ref(float *x, size_t n);
+void eng_softmax_ref(float *x, int n);
+
+/* The kernel set in use ("avx512", "avx2", "ref"), and a given one for the
+ * tests (NULL when this CPU lacks it). */
+const char *eng_ops_level(void);
+struct eng_ops_impl;
+const struct eng_ops_impl *eng_ops_for_level(const char *level);
+
 #endif

@@ -1,0 +1,26 @@
+/* Vectorised twins of the activation and softmax kernels in ops.c (their
+ * plain C references). Internal to the engine: ops.c picks a set once from
+ * the CPU and calls through it.
+ *
+ * The SIMD versions evaluate exp and erf with polynomials instead of libm:
+ * exp to about 2 ulp, erf to 1.5e-7 absolute (Abramowitz & Stegun 7.1.26),
+ * which keeps every activation within 1e-6 (relative, or absolute near 0)
+ * of the reference; tests/unit/test_ops.c holds them to that. */
+#ifndef ENG_OPS_SIMD_H
+#define ENG_OPS_SIMD_H
+
+#include <stddef.h>
+
+typedef struct eng_ops_impl {
+    const char *level;
+    void (*gelu_erf)(float *x, size_t n);
+    void (*gelu_tanh)(float *x, size_t n);
+    void (*quick_gelu)(float *x, size_t n);
+    void (*softmax)(float *x, int n);
+} eng_ops_impl;
+
+/* NULL when the build or the CPU lacks the level. */
+const eng_ops_impl *eng_ops_avx512(void);
+const eng_ops_impl *eng_ops_avx2(void);
+
+#endif
