@@ -47,6 +47,15 @@ static int tokenize_one(const model *m, const srv_request *in, srv_classify_req 
     return 0;
 }
 
+static int alloc_logits(const model *m, srv_classify_req *req, srv_reply *err)
+{
+    req->logits = malloc((req->n ? req->n : 1) * m->n_labels * sizeof *req->logits);
+    if (req->logits)
+        return 0;
+    srv_reply_detail(err, 503, "out of memory");
+    return -1;
+}
+
 static int invalid_field(srv_reply *err, const char *type, const char *field, const char *msg,
                          json_t *input)
 {
@@ -147,13 +156,25 @@ int srv_classify_parse(const model *m, const srv_request *in, srv_classify_req *
     } else {
         rc = parse_body(m, in, req, err);
     }
-    if (!rc) {
-        req->logits = malloc(req->n * m->n_labels * sizeof *req->logits);
-        if (!req->logits) {
-            srv_reply_detail(err, 503, "out of memory");
-            rc = -1;
-        }
-    }
+    if (!rc)
+        rc = alloc_logits(m, req, err);
+    if (rc)
+        srv_classify_req_free(req);
+    return rc;
+}
+
+int srv_classify_texts(const model *m, const srv_request *in, const char *const *texts,
+                       const size_t *lens, size_t n, bool truncate, srv_classify_req *req,
+                       srv_reply *err)
+{
+    memset(req, 0, sizeof *req);
+    req->truncate = truncate;
+    req->list_input = true;
+    int rc = alloc_texts(req, n, err);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = tokenize_one(m, in, req, i, texts[i], lens[i], err);
+    if (!rc)
+        rc = alloc_logits(m, req, err);
     if (rc)
         srv_classify_req_free(req);
     return rc;
@@ -226,9 +247,49 @@ static void format_all_labels(const model *m, const float *scores, srv_buf *b)
     srv_buf_puts(b, "]");
 }
 
+/* Open Inference Protocol outputs: "label" (BYTES [n]), "score" (FP32 [n])
+ * and "logits" (FP32 [n, labels]). */
+static void format_v2(const model *m, const srv_classify_req *req, srv_buf *b)
+{
+    size_t L = m->n_labels, best[req->n ? req->n : 1];
+    float scores[L], top[req->n ? req->n : 1];
+    for (size_t i = 0; i < req->n; i++) {
+        scores_of(m, req->logits + i * L, false, scores);
+        best[i] = 0;
+        for (size_t k = 1; k < L; k++)
+            if (scores[k] > scores[best[i]])
+                best[i] = k;
+        top[i] = scores[best[i]];
+    }
+    srv_buf_puts(b, "{\"model_name\":");
+    srv_json_cstr(b, req->v2_model);
+    srv_buf_puts(b, ",\"id\":");
+    srv_json_cstr(b, req->v2_id);
+    srv_buf_printf(b, ",\"outputs\":[{\"name\":\"label\",\"datatype\":\"BYTES\",\"shape\":[%zu],\"data\":[", req->n);
+    for (size_t i = 0; i < req->n; i++) {
+        srv_buf_puts(b, i ? "," : "");
+        srv_json_cstr(b, m->labels[best[i]]);
+    }
+    srv_buf_printf(b, "]},{\"name\":\"score\",\"datatype\":\"FP32\",\"shape\":[%zu],\"data\":[", req->n);
+    for (size_t i = 0; i < req->n; i++) {
+        srv_buf_puts(b, i ? "," : "");
+        srv_json_num(b, top[i]);
+    }
+    srv_buf_printf(b, "]},{\"name\":\"logits\",\"datatype\":\"FP32\",\"shape\":[%zu,%zu],\"data\":[", req->n, L);
+    for (size_t i = 0; i < req->n * L; i++) {
+        srv_buf_puts(b, i ? "," : "");
+        srv_json_num(b, req->logits[i]);
+    }
+    srv_buf_puts(b, "]}]}");
+}
+
 void srv_classify_format(const model *m, const srv_classify_req *req, srv_reply *out)
 {
     srv_reply_json(out, 200);
+    if (req->v2_form) {
+        format_v2(m, req, &out->body);
+        return;
+    }
     srv_buf *b = &out->body;
     float scores[m->n_labels];
     if (req->list_input)

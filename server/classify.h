@@ -19,6 +19,9 @@
 
 typedef struct srv_classify_req {
     bool tei_form;      /* "inputs": all labels sorted; else the pipeline's top label */
+    bool v2_form;       /* Open Inference Protocol: label, score and logits tensors */
+    char v2_id[128];    /* the request's "id", echoed in the answer */
+    char v2_model[80];  /* the model's name, for the answer */
     bool list_input;    /* "inputs" was an array: answer one list per input */
     bool raw_scores;    /* logits instead of probabilities */
     bool truncate;      /* cut over-long inputs instead of refusing them */
@@ -32,6 +35,12 @@ typedef struct srv_classify_req {
 int srv_classify_parse(const model *m, const srv_request *in, srv_classify_req *req,
                        srv_reply *err);
 void srv_classify_req_free(srv_classify_req *req);
+
+/* Builds a request from texts given by another protocol (KServe v2); the
+ * caller sets the form flags. Returns 0, or -1 with the error in err. */
+int srv_classify_texts(const model *m, const srv_request *in, const char *const *texts,
+                       const size_t *lens, size_t n, bool truncate, srv_classify_req *req,
+                       srv_reply *err);
 
 /* Writes the answer for req's logits. */
 void srv_classify_format(const model *m, const srv_classify_req *req, srv_reply *out);

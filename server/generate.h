@@ -26,6 +26,7 @@ typedef enum srv_gen_form {
     SRV_GEN_PIPELINE, /* POST /predict on a generative model */
     SRV_GEN_TGI,      /* POST /generate, /generate_stream */
     SRV_GEN_OPENAI,   /* POST /v1/completions */
+    SRV_GEN_KSERVE,   /* POST /v2/models/NAME/infer (parsed as TGI) */
 } srv_gen_form;
 
 typedef enum srv_finish {
@@ -75,7 +76,8 @@ typedef struct srv_gen_job {
     size_t *prompt_text_len;
     srv_gen_seq *seqs;     /* (n) one per prompt */
     size_t n;
-    char model_name[80];   /* for the OpenAI answer */
+    char model_name[80];   /* for the OpenAI and v2 answers */
+    char v2_id[128];       /* the v2 request's "id" */
     long created;          /* OpenAI: seconds since the epoch */
     uint64_t id;           /* OpenAI: cmpl-<id> */
 

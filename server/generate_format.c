@@ -199,6 +199,14 @@ void srv_gen_format(const model *m, srv_gen_job *job, srv_reply *out)
             write_tgi_details(m, job, true, b);
         }
         srv_buf_puts(b, "}");
+    } else if (job->form == SRV_GEN_KSERVE) {
+        srv_buf_puts(b, "{\"model_name\":");
+        srv_json_cstr(b, job->model_name);
+        srv_buf_puts(b, ",\"id\":");
+        srv_json_cstr(b, job->v2_id);
+        srv_buf_puts(b, ",\"outputs\":[{\"name\":\"text_output\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":[");
+        write_text_field(job, 0, b);
+        srv_buf_puts(b, "]}]}");
     } else {
         write_openai(job, b);
     }

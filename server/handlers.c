@@ -8,6 +8,7 @@
 #include "server/clip_task.h"
 #include "server/docs.h"
 #include "server/generate.h"
+#include "server/kserve.h"
 #include "server/log.h"
 #include "server/server.h"
 #include "server/tokenize.h"
@@ -290,6 +291,11 @@ static void handle_docs(void *server, srv_conn *c, void *ctx)
 
 /* ---- routing ------------------------------------------------------------------------ */
 
+struct srv_worker *srv_request_worker(void *ctx)
+{
+    return ((req_ctx *)ctx)->worker;
+}
+
 static const srv_route routes[] = {
     {"/predict", "POST", "/predict", true, handle_predict},
     {"/models/{name}/predict", "POST", "/models/{name}/predict", true, handle_predict},
@@ -303,6 +309,12 @@ static const srv_route routes[] = {
     {"/v1/completions", "POST", "/v1/completions", false, handle_completions},
     {"/embed", "POST", "/embed", true, handle_embed},
     {"/models/{name}/embed", "POST", "/models/{name}/embed", true, handle_embed},
+    {"/v2", "GET", "/v2", false, srv_v2_server_metadata},
+    {"/v2/health/live", "GET", "/v2/health/live", false, srv_v2_server_live},
+    {"/v2/health/ready", "GET", "/v2/health/ready", false, srv_v2_server_ready},
+    {"/v2/models/{name}", "GET", "/v2/models/{name}", true, srv_v2_model_metadata},
+    {"/v2/models/{name}/ready", "GET", "/v2/models/{name}/ready", true, srv_v2_model_ready},
+    {"/v2/models/{name}/infer", "POST", "/v2/models/{name}/infer", true, srv_v2_infer},
     {"/models", "GET", "/models", false, handle_models},
     {"/health", "GET", "/health", false, handle_health},
     {"/metrics", "GET", "/metrics", false, handle_metrics},

@@ -23,4 +23,7 @@ typedef struct srv_route {
 
 const srv_route *srv_routes(size_t *n);
 
+/* The model a per-model route resolved to (handlers get ctx). */
+struct srv_worker *srv_request_worker(void *ctx);
+
 #endif

@@ -11,10 +11,7 @@
 #include "server/buf.h"
 #include "server/log.h"
 
-/* The build may pass -DPREDICTD_VERSION="..." (from git describe, say). */
-#ifndef PREDICTD_VERSION
-#define PREDICTD_VERSION "0.1.0"
-#endif
+#include "server/version.h"
 
 /* ---------------------------------------------------------------------------
  * The option table

@@ -8,8 +8,8 @@
 #include "server/handlers.h"
 #include "server/log.h"
 #include "server/notify.h"
+#include "server/version.h"
 
-#define VERSION "0.1.0"
 
 double srv_now(void)
 {
@@ -272,7 +272,7 @@ static int start(srv_server *s, eng_err *err)
                              .max_batch_total_tokens = s->opts->max_batch_total_tokens,
                              .max_image_bytes = s->opts->max_image_bytes,
                              .max_image_pixels = s->opts->max_image_pixels};
-    int rc = srv_metrics_new(VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
+    int rc = srv_metrics_new(PREDICTD_VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
     if (rc)
         return eng_err_set(err, rc, "out of memory");
     uv_loop_init(&s->loop);

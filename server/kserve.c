@@ -1,0 +1,238 @@
+#include "server/kserve.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/handlers.h"
+#include "server/server.h"
+#include "server/version.h"
+
+#define MAX_TEXTS 1024
+
+/* Errors in the protocol's shape: {"error": "..."}. */
+static void v2_error(srv_conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void v2_error(srv_conn *c, int status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, status);
+    srv_buf_puts(&r->body, "{\"error\":");
+    srv_json_cstr(&r->body, msg);
+    srv_buf_puts(&r->body, "}");
+    srv_conn_send(c);
+}
+
+static void answer(srv_conn *c, int status, const char *body)
+{
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, status);
+    srv_buf_puts(&r->body, body);
+    srv_conn_send(c);
+}
+
+void srv_v2_server_live(void *server, srv_conn *c, void *ctx)
+{
+    (void)server;
+    (void)ctx;
+    answer(c, 200, "{\"live\":true}");
+}
+
+void srv_v2_server_ready(void *server, srv_conn *c, void *ctx)
+{
+    (void)ctx;
+    bool ready = ((srv_server *)server)->state == SRV_STATE_READY;
+    answer(c, ready ? 200 : 503, ready ? "{\"ready\":true}" : "{\"ready\":false}");
+}
+
+void srv_v2_server_metadata(void *server, srv_conn *c, void *ctx)
+{
+    (void)server;
+    (void)ctx;
+    answer(c, 200, "{\"name\":\"predictd\",\"version\":\"" PREDICTD_VERSION "\",\"extensions\":[]}");
+}
+
+/* The tensors each task takes and gives. */
+static const char *tensors_of(const model *m)
+{
+    switch (m->task) {
+    case MODEL_TASK_CLASSIFY:
+        return "\"inputs\":[{\"name\":\"text\",\"datatype\":\"BYTES\",\"shape\":[-1]}],"
+               "\"outputs\":[{\"name\":\"label\",\"datatype\":\"BYTES\",\"shape\":[-1]},"
+               "{\"name\":\"score\",\"datatype\":\"FP32\",\"shape\":[-1]},"
+               "{\"name\":\"logits\",\"datatype\":\"FP32\",\"shape\":[-1,-1]}]";
+    case MODEL_TASK_GENERATE:
+        return "\"inputs\":[{\"name\":\"text_input\",\"datatype\":\"BYTES\",\"shape\":[1]}],"
+               "\"outputs\":[{\"name\":\"text_output\",\"datatype\":\"BYTES\",\"shape\":[1]}]";
+    default:
+        return "\"inputs\":[],\"outputs\":[]";
+    }
+}
+
+static srv_worker *loaded_model(srv_server *s, srv_conn *c, void *ctx)
+{
+    srv_worker *w = srv_request_worker(ctx);
+    if (s->state != SRV_STATE_READY) {
+        v2_error(c, 503, "model %s is not ready", w->name);
+        return NULL;
+    }
+    return w;
+}
+
+void srv_v2_model_metadata(void *server, srv_conn *c, void *ctx)
+{
+    srv_worker *w = loaded_model(server, c, ctx);
+    if (!w)
+        return;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, 200);
+    srv_buf_puts(&r->body, "{\"name\":");
+    srv_json_cstr(&r->body, w->name);
+    srv_buf_printf(&r->body, ",\"versions\":[\"1\"],\"platform\":\"predictd\",%s}", tensors_of(w->model));
+    srv_conn_send(c);
+}
+
+void srv_v2_model_ready(void *server, srv_conn *c, void *ctx)
+{
+    srv_worker *w = srv_request_worker(ctx);
+    bool ready = ((srv_server *)server)->state == SRV_STATE_READY;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, ready ? 200 : 503);
+    srv_buf_puts(&r->body, "{\"name\":");
+    srv_json_cstr(&r->body, w->name);
+    srv_buf_printf(&r->body, ",\"ready\":%s}", ready ? "true" : "false");
+    srv_conn_send(c);
+}
+
+/* The strings of the first BYTES input (its "data", flattened). */
+static int texts_of(json_t *root, const char **texts, size_t *lens, size_t *n, const char **why)
+{
+    json_t *inputs = json_object_get(root, "inputs"), *in = NULL;
+    for (size_t i = 0; i < json_array_size(inputs) && !in; i++) {
+        json_t *t = json_array_get(inputs, i);
+        if (json_is_string(json_object_get(t, "datatype")) &&
+            strcmp(json_string_value(json_object_get(t, "datatype")), "BYTES") == 0)
+            in = t;
+    }
+    json_t *data = json_object_get(in, "data");
+    *why = !in ? "the request needs a BYTES input" : !json_is_array(data) ? "input \"data\" must be a list" : NULL;
+    if (*why)
+        return -1;
+    *n = 0;
+    for (size_t i = 0; i < json_array_size(data); i++) {
+        json_t *t = json_array_get(data, i);
+        if (!json_is_string(t) || *n == MAX_TEXTS) {
+            *why = json_is_string(t) ? "too many texts" : "BYTES data must be strings";
+            return -1;
+        }
+        texts[*n] = json_string_value(t);
+        lens[(*n)++] = json_string_length(t);
+    }
+    *why = *n ? NULL : "input \"data\" is empty";
+    return *n ? 0 : -1;
+}
+
+static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *root,
+                           const char **texts, const size_t *lens, size_t n)
+{
+    srv_request in = {.limits = &s->limits};
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job || n > s->limits.max_client_batch) {
+        free(job);
+        v2_error(c, job ? 400 : 503, job ? "at most %zu texts per request" : "out of memory",
+                 s->limits.max_client_batch);
+        return;
+    }
+    job->worker = w;
+    json_t *trunc = json_object_get(json_object_get(root, "parameters"), "truncate");
+    if (srv_classify_texts(w->model, &in, texts, lens, n, json_is_true(trunc), &job->cls,
+                           srv_conn_reply(c))) {
+        free(job);
+        srv_conn_send(c);
+        return;
+    }
+    job->cls.v2_form = true;
+    snprintf(job->cls.v2_id, sizeof job->cls.v2_id, "%s",
+             json_is_string(json_object_get(root, "id")) ? json_string_value(json_object_get(root, "id")) : "");
+    snprintf(job->cls.v2_model, sizeof job->cls.v2_model, "%s", w->name);
+    job->n_seq = (int)n;
+    for (size_t i = 0; i < n; i++)
+        job->n_tokens += (int)job->cls.enc[i].n;
+    srv_server_submit(s, c, job);
+}
+
+/* Generation through v2: the prompt and the request's "parameters" become a
+ * text-generation-inference request, answered as "text_output". */
+static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *root, const char *prompt)
+{
+    json_t *params = json_object_get(root, "parameters");
+    json_t *tgi = json_pack("{s:s, s:O}", "inputs", prompt, "parameters",
+                            json_is_object(params) ? params : json_object());
+    json_t *p = json_object_get(tgi, "parameters");
+    json_t *max_tokens = json_object_get(p, "max_tokens");
+    if (max_tokens && !json_object_get(p, "max_new_tokens"))
+        json_object_set(p, "max_new_tokens", max_tokens);
+    json_object_del(p, "max_tokens");
+    char *body = json_dumps(tgi, JSON_COMPACT);
+    json_decref(tgi);
+    srv_request in = {.body = body, .body_len = body ? strlen(body) : 0, .limits = &s->limits};
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job || !body) {
+        free(job);
+        free(body);
+        v2_error(c, 503, "out of memory");
+        return;
+    }
+    job->worker = w;
+    int rc = srv_gen_parse(w->model, SRV_GEN_TGI, &in, &job->gen, srv_conn_reply(c));
+    free(body);
+    if (rc) {
+        srv_job_free(job);
+        srv_conn_send(c);
+        return;
+    }
+    job->gen.form = SRV_GEN_KSERVE;
+    snprintf(job->gen.model_name, sizeof job->gen.model_name, "%s", w->name);
+    snprintf(job->gen.v2_id, sizeof job->gen.v2_id, "%s",
+             json_is_string(json_object_get(root, "id")) ? json_string_value(json_object_get(root, "id")) : "");
+    job->n_seq = 1;
+    job->n_tokens = job->gen.seqs[0].n_prompt;
+    srv_server_submit(s, c, job);
+}
+
+void srv_v2_infer(void *server, srv_conn *c, void *ctx)
+{
+    srv_server *s = server;
+    srv_worker *w = loaded_model(s, c, ctx);
+    if (!w)
+        return;
+    size_t len;
+    const char *body = srv_conn_body(c, &len);
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        v2_error(c, 400, "request body is not a JSON object: %s", root ? "" : jerr.text);
+        return;
+    }
+    const char *texts[MAX_TEXTS], *why;
+    size_t lens[MAX_TEXTS], n;
+    if (texts_of(root, texts, lens, &n, &why))
+        v2_error(c, 400, "%s", why);
+    else if (w->model->task == MODEL_TASK_CLASSIFY)
+        infer_classify(s, c, w, root, texts, lens, n);
+    else if (w->model->task == MODEL_TASK_GENERATE && n == 1)
+        infer_generate(s, c, w, root, texts[0]);
+    else
+        v2_error(c, 400, "model %s takes %s", w->name,
+                 w->model->task == MODEL_TASK_GENERATE ? "one text_input" : "no v2 inference requests");
+    json_decref(root);
+}
