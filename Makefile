@@ -93,10 +93,16 @@ asan-test: asan
 bench: $(BUILD)/predictd $(BENCH_BIN)
 	scripts/bench.sh $(BUILD)
 
-install: $(BUILD)/predictd
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/predictd
+$(BUILD)/predictd.8: $(BUILD)/predictd
+	$(BUILD)/predictd --man > $@
+
+install: $(BUILD)/predictd $(BUILD)/predictd.8
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/predictd \
+	        $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system
 	install -m 755 $(BUILD)/predictd $(DESTDIR)$(PREFIX)/bin/predictd
+	install -m 644 $(BUILD)/predictd.8 $(DESTDIR)$(PREFIX)/share/man/man8/predictd.8
 	install -m 644 config/predictd.example.json $(DESTDIR)$(PREFIX)/share/predictd/
+	install -m 644 config/predictd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/predictd.service
 
 clean:
 	rm -rf build build-asan

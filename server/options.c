@@ -609,7 +609,7 @@ typedef struct opt_arg {
     const char *value;
 } opt_arg;
 
-enum { SCAN_OK, SCAN_HELP, SCAN_VERSION };
+enum { SCAN_OK, SCAN_HELP, SCAN_VERSION, SCAN_MAN };
 
 /* Splits argv into (option, value) pairs in args without applying them, so the
  * file that --config names can be read first. A boolean's value is optional:
@@ -622,6 +622,8 @@ static int cli_scan(int argc, char **argv, opt_arg *args, int *n, eng_err *err)
             return SCAN_HELP;
         if (strcmp(a, "--version") == 0)
             return SCAN_VERSION;
+        if (strcmp(a, "--man") == 0)
+            return SCAN_MAN;
         char q[80], name[80];
         if (a[0] != '-' || strcmp(a, "--") == 0)
             return eng_err_set(err, ENG_EINVAL, "unexpected argument %s (see --help)",
@@ -716,6 +718,8 @@ static int load(opt_load *ld, int argc, char **argv, char *const *envp)
         srv_options_usage(stdout);
     else if (rc == SCAN_VERSION)
         printf("predictd %s\n", PREDICTD_VERSION);
+    else if (rc == SCAN_MAN)
+        srv_options_man(stdout);
     free(args);
     return rc > 0 ? 1 : rc;
 }
@@ -785,4 +789,77 @@ void srv_options_usage(FILE *out)
         usage_option(out, &opt_table[i]);
     }
     fputs(usage_tail, out);
+}
+
+/* ---------------------------------------------------------------------------
+ * The man page, predictd(8), from the same table as --help
+ * ------------------------------------------------------------------------- */
+
+/* Writes s with roff's special characters escaped. */
+static void roff(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\')
+            fputs("\\e", out);
+        else if (*s == '-')
+            fputs("\\-", out);
+        else if ((*s == '.' || *s == '\'') && (s[-1] == '\n'))
+            fprintf(out, "\\&%c", *s);
+        else
+            fputc(*s, out);
+    }
+}
+
+static const char man_head[] =
+    ".TH PREDICTD 8 \"\" \"predictd " PREDICTD_VERSION "\" \"System Administration\"\n"
+    ".SH NAME\npredictd \\- serve Hugging Face models over HTTP\n"
+    ".SH SYNOPSIS\n.B predictd\n\\-\\-model [\\fINAME\\fR=]\\fIDIR\\fR ... [\\fIOPTION\\fR]...\n"
+    ".br\n.B predictd predict\n\\-\\-model \\fIDIR\\fR (\\-\\-text \\fITEXT\\fR | \\-\\-json \\fIBODY\\fR)\n"
+    ".br\n.B predictd tokenize\n\\-\\-model \\fIDIR\\fR \\fITEXT\\fR\n"
+    ".SH DESCRIPTION\n"
+    "predictd loads DistilBERT, GPT\\-2 and CLIP checkpoints from Hugging Face model folders\n"
+    "(config.json, model.safetensors, tokenizer files) and answers HTTP requests on an\n"
+    "event loop, batching concurrent requests for the engine. POST /predict?text=... answers\n"
+    "as the transformers pipeline; see /docs and /openapi.json for every endpoint.\n"
+    ".PP\nEvery option below can also be set by the environment variable or the key of the\n"
+    "JSON file named by \\-\\-config shown under it. Per option the command line wins over\n"
+    "the environment, and the environment over the file.\n.SH OPTIONS\n";
+
+static const char man_tail[] =
+    ".SH SIGNALS\nSIGTERM and SIGINT stop accepting connections, answer the requests already\n"
+    "accepted within \\-\\-shutdown\\-timeout seconds, and exit 0. A second signal exits at once.\n"
+    ".SH FILES\n.TP\n/etc/predictd/predictd.json\nThe configuration file of the systemd unit.\n"
+    ".SH SEE ALSO\nThe README in the source tree; GET /docs on a running daemon.\n";
+
+void srv_options_man(FILE *out)
+{
+    fputs(man_head, out);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const opt_def *d = &opt_table[i];
+        char arg[128], env[64], key[64];
+        const char *a = d->arg ? d->arg : opt_types[d->type].arg;
+        if (!a)
+            a = enum_list(d->values, "|", arg, sizeof arg);
+        if (d->group) {
+            fputs(".SS ", out);
+            roff(out, d->group);
+            fputc('\n', out);
+        }
+        fputs(".TP\n.BR \\-\\-", out);
+        roff(out, d->name);
+        fputs(" \" \\fI", out);
+        roff(out, a);
+        fputs("\\fR\"\n", out);
+        roff(out, d->help);
+        if (d->def) {
+            fputs(" Default: ", out);
+            roff(out, d->def);
+            fputc('.', out);
+        }
+        fprintf(out, "\n.br\nEnvironment \\fB%s\\fR", opt_key(d, STYLE_ENV, env, sizeof env));
+        if (!(d->flags & OPT_NO_FILE))
+            fprintf(out, ", file key \\fB%s\\fR", opt_key(d, STYLE_FILE, key, sizeof key));
+        fputs(".\n", out);
+    }
+    fputs(man_tail, out);
 }

@@ -84,4 +84,8 @@ void srv_options_free(srv_options *o);
 /* Writes the --help text, generated from the option table. */
 void srv_options_usage(FILE *out);
 
+/* Writes the predictd(8) man page (roff), from the same table. `predictd
+ * --man` prints it; make install installs it. */
+void srv_options_man(FILE *out);
+
 #endif
