@@ -1,6 +1,8 @@
 #include "engine/weights.h"
 
 #include <stdarg.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -17,6 +19,25 @@ void eng_weights_close(eng_weights *w)
     free(w->owned);
     eng_safetensors_close(&w->st);
     memset(w, 0, sizeof *w);
+}
+
+void eng_weights_release(eng_weights *w, const float *data, size_t n_floats)
+{
+    if (!data)
+        return;
+    for (size_t i = 0; i < w->n_owned; i++)
+        if (w->owned[i] == data) {
+            free(w->owned[i]);
+            w->owned[i] = w->owned[--w->n_owned];
+            return;
+        }
+    /* Inside a read-only private mapping: drop the whole pages the tensor
+     * covers; a neighbour sharing an edge page keeps that page. */
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)data + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)(data + n_floats)) & ~(page - 1);
+    if (end > begin)
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
 }
 
 int eng_weights_has(const eng_weights *w, const char *name)

@@ -34,6 +34,12 @@ void eng_weights_close(eng_weights *w);
 const float *eng_weights_f32(eng_weights *w, const int64_t *shape, int ndim, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Gives back the memory of a tensor eng_weights_f32 returned, once nothing
+ * reads it any more (its layer now holds a converted copy): a converted
+ * buffer is freed, pages of the file mapping are dropped from the resident
+ * set. The pointer must not be used afterwards. */
+void eng_weights_release(eng_weights *w, const float *data, size_t n_floats);
+
 /* 1 when the named tensor exists. */
 int eng_weights_has(const eng_weights *w, const char *name);
 

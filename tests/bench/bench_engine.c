@@ -1,15 +1,19 @@
-/* Engine speed on a real-size checkpoint, printed as JSON lines.
+/* Engine speed on real-size checkpoints, printed as JSON lines.
  *
- *   build/bench_engine distilbert MODEL_DIR
+ *   build/bench_engine distilbert|gpt2|clip MODEL_DIR [--dtype f32|f16|bf16|int8]
  *
- * Reports the OpenBLAS sgemm peak measured in the same run, so the forward's
- * GFLOP/s can be read as a fraction of what the machine's GEMM reaches. */
+ * Reports the OpenBLAS sgemm peak and the memory bandwidth measured in the
+ * same run, so the forward's GFLOP/s and the decode's bytes/s can be read as
+ * fractions of what this machine reaches. Figure names follow the peers'
+ * (../shared/peers) so scripts/bench.py can set them side by side. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "engine/blas.h"
+#include "models/clip.h"
 #include "models/model.h"
 
 static double now(void)
@@ -62,7 +66,7 @@ static double sgemm_peak(void)
         g.c = calloc((size_t)g.m * g.n, 4);
         double t = median_time(run_gemm, &g, 7);
         double gflops = 2.0 * g.m * g.n * g.k / t / 1e9;
-        printf("{\"bench\":\"sgemm\",\"m\":%d,\"n\":%d,\"k\":%d,\"gflops\":%.1f}\n", g.m, g.n, g.k, gflops);
+        printf("{\"engine\":\"predictd\",\"figure\":\"sgemm %dx%dx%d\",\"gflops\":%.1f}\n", g.m, g.n, g.k, gflops);
         best = gflops > best ? gflops : best;
         free(g.a), free(g.b), free(g.c);
     }
@@ -94,7 +98,14 @@ static double distilbert_flops(int n, int len)
     return layers * per_layer;
 }
 
-static double bench_batch(const model *m, int n, int len, double peak, int reps)
+static void emit(const char *model_name, const char *figure, double ms, const char *extra)
+{
+    printf("{\"engine\":\"predictd\",\"model\":\"%s\",\"figure\":\"%s\",\"med_ms\":%.3f%s%s}\n",
+           model_name, figure, ms, *extra ? "," : "", extra);
+    fflush(stdout);
+}
+
+static void bench_batch(const model *m, int n, int len, double peak, int reps, const char *figure)
 {
     forward_case f = {.m = m};
     int32_t *ids = malloc((size_t)n * len * sizeof *ids);
@@ -109,35 +120,270 @@ static double bench_batch(const model *m, int n, int len, double peak, int reps)
     f.logits = malloc((size_t)n * m->n_labels * sizeof *f.logits);
     double t = median_time(run_forward, &f, reps);
     double gflops = distilbert_flops(n, len) / t / 1e9;
-    printf("{\"bench\":\"distilbert_forward\",\"batch\":%d,\"tokens\":%d,\"ms\":%.2f,"
-           "\"seq_per_s\":%.1f,\"gflops\":%.1f,\"fraction_of_sgemm_peak\":%.2f}\n",
-           n, len, t * 1e3, n / t, gflops, gflops / peak);
+    char extra[200];
+    snprintf(extra, sizeof extra, "\"seq_per_s_med\":%.2f,\"gflops\":%.1f,\"fraction_of_sgemm_peak\":%.3f",
+             n / t, gflops, gflops / peak);
+    emit("distilbert", figure, t * 1e3, extra);
     eng_arena_free(&f.arena);
     free(ids), free(off), free(f.logits);
-    return t;
+}
+
+static void bench_distilbert(const model *m, double peak)
+{
+    static const int lat[] = {16, 64, 128, 512};
+    char figure[64];
+    for (size_t i = 0; i < sizeof lat / sizeof *lat; i++) {
+        snprintf(figure, sizeof figure, "latency b1 s%d", lat[i]);
+        bench_batch(m, 1, lat[i], peak, 15, figure);
+    }
+    bench_batch(m, 8, 64, peak, 7, "throughput b8 s64");
+    bench_batch(m, 32, 64, peak, 5, "throughput b32 s64");
+    bench_batch(m, 8, 128, peak, 5, "throughput b8 s128");
+}
+
+/* ---- memory bandwidth ---------------------------------------------------------- */
+
+typedef struct triad_case {
+    float *a, *b, *c;
+    size_t n;
+} triad_case;
+
+static void run_triad(void *p)
+{
+    triad_case *t = p;
+    for (size_t i = 0; i < t->n; i++)
+        t->a[i] = t->b[i] + 1.5f * t->c[i];
+}
+
+/* One thread's STREAM-like triad over 3 x 256 MB: the bandwidth a single
+ * decode thread can draw. */
+static double bandwidth_gbs(void)
+{
+    triad_case t = {.n = (size_t)64 << 20};
+    t.a = calloc(t.n, 4), t.b = calloc(t.n, 4), t.c = calloc(t.n, 4);
+    double s = median_time(run_triad, &t, 5);
+    free(t.a), free(t.b), free(t.c);
+    double gbs = 3.0 * t.n * 4 / s / 1e9;
+    printf("{\"engine\":\"predictd\",\"figure\":\"triad bandwidth 1 thread\",\"gb_per_s\":%.1f}\n", gbs);
+    return gbs;
+}
+
+/* ---- GPT-2 --------------------------------------------------------------------- */
+
+typedef struct gen_case {
+    const model *m;
+    int batch, prompt, steps;
+    model_kv *kv;
+    model_kv **kvp;
+    int32_t *ids;
+    int *off;
+    float *logits;
+    eng_arena arena;
+} gen_case;
+
+static void gen_setup(gen_case *g, const model *m, int batch, int prompt, int steps)
+{
+    g->m = m, g->batch = batch, g->prompt = prompt, g->steps = steps;
+    int cap = prompt + steps + 1;
+    g->kv = calloc((size_t)batch, sizeof *g->kv);
+    g->kvp = calloc((size_t)batch, sizeof *g->kvp);
+    for (int b = 0; b < batch; b++) {
+        g->kv[b] = (model_kv){.data = malloc(m->ops->kv_floats(m, cap) * sizeof(float)), .capacity = cap};
+        g->kvp[b] = &g->kv[b];
+    }
+    g->ids = malloc((size_t)batch * prompt * sizeof *g->ids);
+    for (int i = 0; i < batch * prompt; i++)
+        g->ids[i] = (i * 2654435761u) % 50257;
+    g->off = malloc((size_t)(batch + 1) * sizeof *g->off);
+    g->logits = malloc((size_t)batch * m->vocab_size * sizeof *g->logits);
+    eng_arena_init(&g->arena);
+    eng_arena_reserve(&g->arena, m->ops->scratch_size(m, batch * prompt, cap));
+}
+
+static void gen_step(gen_case *g, int per_seq)
+{
+    for (int b = 0; b <= g->batch; b++)
+        g->off[b] = b * per_seq;
+    model_batch mb = {.ids = g->ids, .seq_off = g->off, .n_seq = g->batch};
+    eng_err err;
+    if (g->m->ops->generate_step(g->m, &mb, g->kvp, &g->arena, g->logits, &err)) {
+        fprintf(stderr, "step: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void run_prefill(void *p)
+{
+    gen_case *g = p;
+    for (int b = 0; b < g->batch; b++)
+        g->kv[b].len = 0;
+    gen_step(g, g->prompt);
+}
+
+/* Prefill, then steps decode steps (the ids fed are arbitrary: speed does
+ * not depend on them). */
+static void run_decode(void *p)
+{
+    gen_case *g = p;
+    run_prefill(g);
+    for (int s = 0; s < g->steps; s++)
+        gen_step(g, 1);
+}
+
+static void gen_free(gen_case *g)
+{
+    for (int b = 0; b < g->batch; b++)
+        free(g->kv[b].data);
+    free(g->kv), free(g->kvp), free(g->ids), free(g->off), free(g->logits);
+    eng_arena_free(&g->arena);
+}
+
+static void bench_gpt2(const model *m, double bw, double weight_bytes)
+{
+    static const int prompts[] = {32, 512};
+    char figure[64], extra[256];
+    for (size_t i = 0; i < 2; i++) {
+        gen_case g;
+        gen_setup(&g, m, 1, prompts[i], 0);
+        double t = median_time(run_prefill, &g, 5);
+        snprintf(figure, sizeof figure, "prefill b1 p%d", prompts[i]);
+        snprintf(extra, sizeof extra, "\"tok_per_s_med\":%.1f", prompts[i] / t);
+        emit("gpt2", figure, t * 1e3, extra);
+        gen_free(&g);
+    }
+    static const int batches[] = {1, 8, 32};
+    for (size_t i = 0; i < 3; i++) {
+        int B = batches[i], steps = 64;
+        gen_case g;
+        gen_setup(&g, m, B, 32, steps);
+        double pre = median_time(run_prefill, &g, 3), all = median_time(run_decode, &g, 3);
+        double dec = all - pre, tps = B * steps / dec;
+        snprintf(figure, sizeof figure, "decode b%d %d steps after p32", B, steps);
+        /* At batch 1 every step streams all the weights once: the bound is
+         * bandwidth / weight bytes. */
+        snprintf(extra, sizeof extra, "\"tok_per_s_med\":%.1f,\"ms_per_step_med\":%.2f,"
+                 "\"bandwidth_bound_tok_per_s\":%.1f,\"fraction_of_bound\":%.3f",
+                 tps, dec / steps * 1e3, bw * 1e9 / weight_bytes, B == 1 ? tps / (bw * 1e9 / weight_bytes) : 0.0);
+        emit("gpt2", figure, dec * 1e3, extra);
+        gen_free(&g);
+    }
+    printf("{\"engine\":\"predictd\",\"model\":\"gpt2\",\"figure\":\"kv cache bytes per token\",\"bytes\":%zu}\n",
+           m->ops->kv_floats(m, 1) * sizeof(float));
+}
+
+/* ---- CLIP ------------------------------------------------------------------------- */
+
+typedef struct clip_case {
+    const model *m;
+    int n;
+    float *pixels, *out;
+    eng_arena arena;
+    model_batch texts;
+} clip_case;
+
+static void run_image(void *p)
+{
+    clip_case *c = p;
+    eng_err err;
+    if (c->m->ops->embed_image(c->m, c->pixels, c->n, &c->arena, c->out, &err)) {
+        fprintf(stderr, "image: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void run_text(void *p)
+{
+    clip_case *c = p;
+    eng_err err;
+    if (c->m->ops->embed_text(c->m, &c->texts, &c->arena, c->out, &err)) {
+        fprintf(stderr, "text: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void bench_clip(const model *m)
+{
+    char figure[64], extra[128];
+    int S = m->image_size;
+    for (int n = 1; n <= 8; n += 7) {
+        clip_case c = {.m = m, .n = n};
+        c.pixels = calloc((size_t)n * 3 * S * S, sizeof(float));
+        for (size_t i = 0; i < (size_t)n * 3 * S * S; i++)
+            c.pixels[i] = sinf((float)i * 0.37f);
+        c.out = malloc((size_t)n * m->proj_dim * sizeof(float));
+        eng_arena_init(&c.arena);
+        eng_arena_reserve(&c.arena, m->ops->image_scratch_size(m, n));
+        double t = median_time(run_image, &c, n == 1 ? 9 : 5);
+        snprintf(figure, sizeof figure, "image b%d", n);
+        snprintf(extra, sizeof extra, "\"ms_per_image_med\":%.2f,\"images_per_s\":%.1f", t * 1e3 / n, n / t);
+        emit("clip", figure, t * 1e3, extra);
+        eng_arena_free(&c.arena);
+        free(c.pixels), free(c.out);
+    }
+    for (int L = 16; L <= 77; L += 61) {
+        clip_case c = {.m = m};
+        int32_t ids[8 * 77];
+        int off[9];
+        for (int s = 0; s <= 8; s++)
+            off[s] = s * L;
+        for (int i = 0; i < 8 * L; i++)
+            ids[i] = i % L == 0 ? 49406 : i % L == L - 1 ? 49407 : 1000 + (i * 7919) % 39000;
+        c.texts = (model_batch){.ids = ids, .seq_off = off, .n_seq = 8};
+        c.out = malloc((size_t)8 * m->proj_dim * sizeof(float));
+        eng_arena_init(&c.arena);
+        eng_arena_reserve(&c.arena, m->ops->scratch_size(m, 8 * L, L));
+        double t = median_time(run_text, &c, 7);
+        snprintf(figure, sizeof figure, "text 8 x s%d", L);
+        emit("clip", figure, t * 1e3, "");
+        eng_arena_free(&c.arena);
+        free(c.out);
+    }
+}
+
+/* Bytes of weights a decode step reads: every parameter but the position
+ * embeddings (only one row is read). */
+static double file_weight_bytes(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 1;
+    fseek(f, 0, SEEK_END);
+    double n = (double)ftell(f);
+    fclose(f);
+    return n - 1024.0 * 768 * 4;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 || strcmp(argv[1], "distilbert") != 0) {
-        fprintf(stderr, "usage: bench_engine distilbert MODEL_DIR\n");
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_engine distilbert|gpt2|clip MODEL_DIR [--dtype D]\n");
         return 2;
     }
-    printf("{\"bench\":\"env\",\"blas_core\":\"%s\",\"blas_threads\":%d}\n", eng_blas_corename(),
-           eng_blas_threads());
-    double peak = sgemm_peak();
+    model_load_opts opts = {.dtype = ENG_F32};
+    if (argc == 5 && strcmp(argv[3], "--dtype") == 0) {
+        int dt = eng_dtype_from_name(argv[4]);
+        if (dt < 0) {
+            fprintf(stderr, "unknown dtype %s\n", argv[4]);
+            return 2;
+        }
+        opts.dtype = (eng_dtype)dt;
+    }
+    printf("{\"engine\":\"predictd\",\"figure\":\"env\",\"blas_core\":\"%s\",\"blas_threads\":%d,\"dtype\":\"%s\"}\n",
+           eng_blas_corename(), eng_blas_threads(), eng_dtypes[opts.dtype].name);
     model *m;
     eng_err err;
-    if (model_load(argv[2], NULL, &m, &err)) {
+    if (model_load(argv[2], &opts, &m, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    static const int lat[] = {16, 64, 128, 512};
-    for (size_t i = 0; i < sizeof lat / sizeof *lat; i++)
-        bench_batch(m, 1, lat[i], peak, 15);
-    bench_batch(m, 8, 64, peak, 7);
-    bench_batch(m, 32, 64, peak, 5);
-    bench_batch(m, 8, 128, peak, 5);
+    if (strcmp(argv[1], "distilbert") == 0)
+        bench_distilbert(m, sgemm_peak());
+    else if (strcmp(argv[1], "gpt2") == 0)
+        bench_gpt2(m, bandwidth_gbs(), file_weight_bytes(argv[2]));
+    else if (strcmp(argv[1], "clip") == 0)
+        bench_clip(m);
     model_free(m);
     return 0;
 }
