@@ -1,0 +1,13 @@
+-- wrk -s tests/bench/post.lua URL: POSTs with the text in the query string, as
+-- the FastAPI service's clients do, and ends with one JSON summary line.
+wrk.method = "POST"
+wrk.headers["Content-Length"] = "0"
+
+done = function(summary, latency, requests)
+  local non2xx = summary.errors.status
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"rps":%.1f,"p50_ms":%.2f,"p99_ms":%.2f,"errors":%d}\n',
+    summary.requests, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
+    summary.errors.connect + summary.errors.read + summary.errors.write + non2xx + summary.errors.timeout))
+end
