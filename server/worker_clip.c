@@ -88,7 +88,7 @@ static void embed_images(srv_worker *w, struct srv_clip_state *st, srv_job *jobs
     const model *m = w->model;
     size_t S = (size_t)m->image_size, px = 3 * S * S, n = 0, P = (size_t)m->proj_dim;
     for (srv_job *j = jobs; j; j = j->next)
-        if (!atomic_load(&j->cancelled))
+        if (j->in_batch)
             n += j->clip.n_images;
     if (!n)
         return;
@@ -100,7 +100,7 @@ static void embed_images(srv_worker *w, struct srv_clip_state *st, srv_job *jobs
     }
     size_t k = 0;
     for (srv_job *j = jobs; j; j = j->next)
-        for (size_t i = 0; !atomic_load(&j->cancelled) && i < j->clip.n_images; i++, k++)
+        for (size_t i = 0; j->in_batch && i < j->clip.n_images; i++, k++)
             srv_clip_load_image(m, &j->clip, i, &w->cfg.limits, st->crop, st->pixels + k * px);
     eng_err err = {0};
     double t0 = mono_now();
@@ -111,7 +111,7 @@ static void embed_images(srv_worker *w, struct srv_clip_state *st, srv_job *jobs
     clip_normalize(st->emb, (int)n, (int)P);
     k = 0;
     for (srv_job *j = jobs; j; j = j->next)
-        for (size_t i = 0; !atomic_load(&j->cancelled) && i < j->clip.n_images; i++, k++) {
+        for (size_t i = 0; j->in_batch && i < j->clip.n_images; i++, k++) {
             if (rc)
                 fail(j, 500, err.msg);
             memcpy(j->clip.image_emb + i * P, st->emb + k * P, P * sizeof(float));
@@ -125,7 +125,7 @@ static size_t gather_misses(srv_worker *w, struct srv_clip_state *st, srv_job *j
     *T = 0;
     st->off[0] = 0;
     for (srv_job *j = jobs; j; j = j->next)
-        for (size_t i = 0; !atomic_load(&j->cancelled) && i < j->clip.n_texts; i++) {
+        for (size_t i = 0; j->in_batch && i < j->clip.n_texts; i++) {
             const tok_encoding *e = &j->clip.texts[i];
             const float *hit = srv_text_cache_get(st->cache, e->ids, (int)e->n);
             if (hit) {
@@ -145,7 +145,7 @@ static void embed_texts(srv_worker *w, struct srv_clip_state *st, srv_job *jobs)
     const model *m = w->model;
     size_t rows = 0, tokens = 0, P = (size_t)m->proj_dim;
     for (srv_job *j = jobs; j; j = j->next)
-        for (size_t i = 0; !atomic_load(&j->cancelled) && i < j->clip.n_texts; i++, rows++)
+        for (size_t i = 0; j->in_batch && i < j->clip.n_texts; i++, rows++)
             tokens += j->clip.texts[i].n;
     if (!rows)
         return;
@@ -187,9 +187,13 @@ void srv_worker_run_clip(srv_worker *w, srv_job *jobs)
             fail(j, 503, "out of memory");
         return;
     }
-    for (srv_job *j = jobs; j; j = j->next)
-        if (!atomic_load(&j->cancelled))
+    /* A client may leave while the batch computes: decide once who is in,
+     * so images and texts are packed and handed back by the same list. */
+    for (srv_job *j = jobs; j; j = j->next) {
+        j->in_batch = !atomic_load(&j->cancelled);
+        if (j->in_batch)
             srv_metrics_queue_wait(w->hooks.metrics, w->name, mono_now() - j->t_enqueue);
+    }
     embed_images(w, st, jobs);
     embed_texts(w, st, jobs);
 }
