@@ -37,7 +37,7 @@ MAIN_OBJ := $(BUILD)/obj/server/main.o
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/%)
 
-.PHONY: all deps run test unit-test http-test asan asan-test bench install clean
+.PHONY: all deps run test unit-test http-test test-deploy test-scale asan asan-test bench install clean
 
 all: $(BUILD)/predictd $(BUILD)/unit_tests
 
@@ -74,10 +74,20 @@ unit-test: $(BUILD)/unit_tests $(BUILD)/predictd
 http-test: $(BUILD)/predictd
 	tests/http/run.sh $(BUILD)/predictd
 
+# The deployment files (systemd unit, Docker image, Compose, nginx, Kubernetes)
+# and a real nginx in front of predictd replicas; 127.0.0.1 only.
+test-deploy: $(BUILD)/predictd
+	tests/deploy/run.sh $(BUILD)/predictd
+
+# Only the scale-out tests: SIGKILL a replica under load; requests/s with 1-3 replicas.
+test-scale: $(BUILD)/predictd
+	tests/deploy/scale.sh $(BUILD)/predictd
+
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit-test
 	@$(MAKE) --no-print-directory http-test
+	@$(MAKE) --no-print-directory test-deploy
 	@$(MAKE) --no-print-directory asan-test
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

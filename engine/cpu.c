@@ -1,7 +1,11 @@
 #include "engine/cpu.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -67,4 +71,36 @@ bool eng_cpu_has_avx512(void)
 {
     const eng_cpu_features *f = eng_cpu();
     return f->avx512f && f->avx512bw && f->avx512dq && f->avx512vl;
+}
+
+/* cgroup v2 writes "max 100000" or "<quota> <period>" in cpu.max. */
+static int cgroup_cpus(void)
+{
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (!f)
+        return 0;
+    char quota[32] = "";
+    long period = 0;
+    int n = fscanf(f, "%31s %ld", quota, &period);
+    fclose(f);
+    if (n != 2 || period <= 0 || quota[0] < '0' || quota[0] > '9')
+        return 0;
+    long q = atol(quota);
+    return (int)((q + period - 1) / period);
+}
+
+int eng_cpu_count(void)
+{
+    int n = 0;
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        n = CPU_COUNT(&set);
+#endif
+    if (n <= 0)
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int quota = cgroup_cpus();
+    if (quota > 0 && quota < n)
+        n = quota;
+    return n > 0 ? n : 1;
 }

@@ -19,4 +19,8 @@ const eng_cpu_features *eng_cpu(void);
 /* 1 when the SkylakeX AVX-512 subset (F, BW, DQ, VL) is usable. */
 bool eng_cpu_has_avx512(void);
 
+/* The cores this process may use: its CPU affinity, further limited by a
+ * cgroup v2 CPU quota (containers: a limit of 2 CPUs on a 64-core host is 2). */
+int eng_cpu_count(void);
+
 #endif

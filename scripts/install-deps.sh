@@ -3,8 +3,11 @@
 # Run as root (or with sudo available); prints what it installs and why.
 set -eu
 
+# Build: the first two lines. Tests: python3 and curl drive the daemon; nginx
+# and wrk the scale-out test; python3-yaml reads the deployment manifests.
 need="make gcc pkg-config libmicrohttpd-dev libjansson-dev libopenblas-dev libuv1-dev
-libutf8proc-dev libpng-dev libjpeg62-turbo-dev python3 curl"
+libutf8proc-dev libpng-dev libjpeg62-turbo-dev
+python3 python3-yaml curl nginx wrk"
 
 missing=""
 for p in $need; do
@@ -23,3 +26,8 @@ SUDO=""
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+# The tests start their own nginx on loopback; Debian's package would also
+# start the default site on port 80 where systemd runs: stop it if we installed it.
+case " $missing " in
+*" nginx "*) $SUDO systemctl disable --now nginx > /dev/null 2>&1 || true ;;
+esac

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "engine/blas.h"
+#include "engine/cpu.h"
 #include "server/handlers.h"
 #include "server/log.h"
 #include "server/notify.h"
@@ -177,8 +178,7 @@ static void models_loaded(uv_work_t *work, int status)
     srv_worker_hooks hooks = {.done = job_done, .ud = s, .metrics = s->metrics};
     for (size_t i = 0; i < s->n_workers; i++) {
         eng_err err = {0};
-        if (srv_worker_start(&s->workers[i], s->opts->models[i].name, s->models[i], &wc, &hooks,
-                             &err)) {
+        if (srv_worker_start(&s->workers[i], s->models[i], &wc, &hooks, &err)) {
             srv_error("%s", err.msg);
             begin_shutdown(s, 1);
             return;
@@ -186,6 +186,7 @@ static void models_loaded(uv_work_t *work, int status)
         srv_metrics_model_loaded(s->metrics, s->opts->models[i].name,
                                  model_task_name(s->models[i]->task),
                                  eng_dtypes[s->models[i]->dtype].name);
+        srv_metrics_queue_size(s->metrics, s->opts->models[i].name, 0); /* scale signal from the start */
     }
     s->state = SRV_STATE_READY;
     srv_info("ready: http://%s:%d/ serving %zu model%s", s->opts->host, srv_http_port(s->http),
@@ -266,6 +267,9 @@ static int start(srv_server *s, eng_err *err)
     s->models = calloc(s->n_workers, sizeof *s->models);
     if (!s->workers || !s->models)
         return eng_err_set(err, ENG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < s->n_workers; i++)
+        if (srv_worker_init(&s->workers[i], s->opts->models[i].name))
+            return eng_err_set(err, ENG_ENOMEM, "out of memory");
     s->limits = (srv_limits){.max_client_batch = (size_t)s->opts->max_client_batch_size,
                              .max_input_tokens = s->opts->max_input_tokens,
                              .max_new_tokens = s->opts->max_new_tokens_limit,
@@ -309,8 +313,8 @@ int srv_server_run(const srv_options *opts)
     memset(&s, 0, sizeof s);
     s.opts = opts;
     s.state = SRV_STATE_LOADING;
-    if (opts->threads > 0)
-        eng_blas_set_threads(opts->threads);
+    /* OpenBLAS counts the host's cores; a container's CPU quota is ours. */
+    eng_blas_set_threads(opts->threads > 0 ? opts->threads : eng_cpu_count());
     eng_err err = {0};
     if (start(&s, &err)) {
         srv_error("%s", err.msg);
@@ -323,8 +327,10 @@ int srv_server_run(const srv_options *opts)
         uv_run(&s.loop, UV_RUN_DEFAULT);
     }
     uv_loop_close(&s.loop);
-    for (size_t i = 0; i < s.n_workers; i++)
+    for (size_t i = 0; i < s.n_workers; i++) {
+        srv_worker_free(&s.workers[i]);
         model_free(s.models[i]);
+    }
     free(s.models);
     free(s.workers);
     srv_metrics_free(s.metrics);

@@ -110,18 +110,25 @@ static srv_job *take_batch(srv_worker *w)
 }
 
 /* Packs the live jobs' sequences into one batch, runs it, and gives each job
- * its rows of logits. */
+ * its rows of logits.
+ *
+ * Which jobs are live is read once, into in_batch: the loop thread cancels a
+ * job whose client leaves at any moment, even while the batch computes, and
+ * the rows must be handed out exactly as they were packed (re-reading the flag
+ * after the forward shifted every later job onto the rows of the one that left). */
 static void run_classify(srv_worker *w, srv_job *jobs)
 {
     const model *m = w->model;
     int n_seq = 0, n_tok = 0, max_len = 0;
-    for (srv_job *j = jobs; j; j = j->next)
-        if (!atomic_load(&j->cancelled)) {
-            n_seq += j->n_seq;
-            n_tok += j->n_tokens;
-            for (size_t i = 0; i < j->cls.n; i++)
-                max_len = (int)j->cls.enc[i].n > max_len ? (int)j->cls.enc[i].n : max_len;
-        }
+    for (srv_job *j = jobs; j; j = j->next) {
+        j->in_batch = !atomic_load(&j->cancelled);
+        if (!j->in_batch)
+            continue;
+        n_seq += j->n_seq;
+        n_tok += j->n_tokens;
+        for (size_t i = 0; i < j->cls.n; i++)
+            max_len = (int)j->cls.enc[i].n > max_len ? (int)j->cls.enc[i].n : max_len;
+    }
     if (!n_seq)
         return;
     int32_t *ids = malloc((size_t)n_tok * sizeof *ids);
@@ -132,7 +139,7 @@ static void run_classify(srv_worker *w, srv_job *jobs)
     if (!rc) {
         off[0] = 0;
         for (srv_job *j = jobs; j; j = j->next)
-            for (size_t i = 0; !atomic_load(&j->cancelled) && i < j->cls.n; i++, s++) {
+            for (size_t i = 0; j->in_batch && i < j->cls.n; i++, s++) {
                 memcpy(ids + off[s], j->cls.enc[i].ids, j->cls.enc[i].n * sizeof *ids);
                 off[s + 1] = off[s] + (int)j->cls.enc[i].n;
             }
@@ -150,7 +157,7 @@ static void run_classify(srv_worker *w, srv_job *jobs)
     srv_metrics_batch(w->hooks.metrics, w->name, n_seq, n_tok, mono_now() - t0);
     s = 0;
     for (srv_job *j = jobs; j; j = j->next) {
-        if (atomic_load(&j->cancelled))
+        if (!j->in_batch)
             continue;
         srv_metrics_queue_wait(w->hooks.metrics, w->name, t0 - j->t_enqueue);
         j->rc = rc;
@@ -268,14 +275,10 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int srv_worker_start(srv_worker *w, const char *name, model *m, const srv_worker_cfg *cfg,
-                     const srv_worker_hooks *hooks, eng_err *err)
+int srv_worker_init(srv_worker *w, const char *name)
 {
     memset(w, 0, sizeof *w);
     w->name = strdup(name);
-    w->model = m;
-    w->cfg = *cfg;
-    w->hooks = *hooks;
     eng_arena_init(&w->arena);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -283,22 +286,38 @@ int srv_worker_start(srv_worker *w, const char *name, model *m, const srv_worker
     pthread_cond_init(&w->wake, &attr);
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&w->lock, NULL);
-    if (!w->name || pthread_create(&w->thread, NULL, worker_main, w) != 0)
-        return eng_err_set(err, ENG_ENOMEM, "cannot start the worker of model %s", name);
+    return w->name ? 0 : ENG_ENOMEM;
+}
+
+int srv_worker_start(srv_worker *w, model *m, const srv_worker_cfg *cfg,
+                     const srv_worker_hooks *hooks, eng_err *err)
+{
+    w->model = m;
+    w->cfg = *cfg;
+    w->hooks = *hooks;
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return eng_err_set(err, ENG_ENOMEM, "cannot start the worker of model %s", w->name);
     w->started = true;
     return 0;
 }
 
 void srv_worker_stop(srv_worker *w)
 {
-    if (w->started) {
-        pthread_mutex_lock(&w->lock);
-        w->stopping = true;
-        pthread_cond_signal(&w->wake);
-        pthread_mutex_unlock(&w->lock);
-        pthread_join(w->thread, NULL);
-        w->started = false;
-    }
+    if (!w->started)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    w->started = false;
+}
+
+void srv_worker_free(srv_worker *w)
+{
+    if (!w->name)
+        return; /* never initialised */
+    srv_worker_stop(w);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->wake);
     eng_arena_free(&w->arena);

@@ -70,9 +70,14 @@ struct srv_worker {
     struct srv_clip_state *clip; /* MODEL_TASK_IMAGE_TEXT buffers and text cache */
 };
 
-int srv_worker_start(srv_worker *w, const char *name, model *m, const srv_worker_cfg *cfg,
+/* A worker exists from start-up, named, so requests that arrive while its
+ * model loads can be refused by name; it runs once started with the model.
+ * init/free and start/stop come in pairs. */
+int srv_worker_init(srv_worker *w, const char *name);
+void srv_worker_free(srv_worker *w);
+int srv_worker_start(srv_worker *w, model *m, const srv_worker_cfg *cfg,
                      const srv_worker_hooks *hooks, eng_err *err);
-/* Finishes every queued job, then joins the thread. */
+/* Finishes every queued job, then joins the thread (no-op when not started). */
 void srv_worker_stop(srv_worker *w);
 
 /* Queues a job. Returns 0, or -1 when the queue is full (the caller answers 429). */
