@@ -310,14 +310,14 @@ static const srv_route routes[] = {
     {"/embed", "POST", "/embed", true, handle_embed},
     {"/models/{name}/embed", "POST", "/models/{name}/embed", true, handle_embed},
     {"/v2", "GET", "/v2", false, srv_v2_server_metadata},
-    {"/v2/health/live", "GET", "/v2/health/live", false, srv_v2_server_live},
-    {"/v2/health/ready", "GET", "/v2/health/ready", false, srv_v2_server_ready},
+    {"/v2/health/live", "GET", "/v2/health/live", false, srv_v2_server_live, true},
+    {"/v2/health/ready", "GET", "/v2/health/ready", false, srv_v2_server_ready, true},
     {"/v2/models/{name}", "GET", "/v2/models/{name}", true, srv_v2_model_metadata},
     {"/v2/models/{name}/ready", "GET", "/v2/models/{name}/ready", true, srv_v2_model_ready},
     {"/v2/models/{name}/infer", "POST", "/v2/models/{name}/infer", true, srv_v2_infer},
     {"/models", "GET", "/models", false, handle_models},
-    {"/health", "GET", "/health", false, handle_health},
-    {"/metrics", "GET", "/metrics", false, handle_metrics},
+    {"/health", "GET", "/health", false, handle_health, true},
+    {"/metrics", "GET", "/metrics", false, handle_metrics, true},
     {"/openapi.json", "GET", "/openapi.json", false, handle_openapi},
     {"/docs", "GET", "/docs", false, handle_docs},
 };
@@ -379,6 +379,14 @@ void srv_handle_request(void *server, srv_conn *c)
             break;
         ctx->route = &routes[i];
         srv_conn_set_data(c, ctx);
+        if (!srv_auth_allows(&s->auth, routes[i].ops, srv_conn_header(c, "Authorization"))) {
+            srv_reply *r = srv_conn_reply(c);
+            srv_reply_detail(r, 401, srv_conn_header(c, "Authorization") ? "Invalid API key"
+                                                                          : "Not authenticated");
+            r->challenge = "Bearer";
+            srv_conn_send(c);
+            return;
+        }
         if (routes[i].per_model && !(ctx->worker = srv_server_model(s, param, param_len))) {
             srv_reply_detail(srv_conn_reply(c), 404, "Model '%.*s' not found", (int)param_len, param);
             srv_conn_send(c);

@@ -19,6 +19,8 @@ typedef struct srv_route {
     const char *metric;  /* the endpoint label in metrics (the pattern) */
     bool per_model;      /* runs a model: the named one, or the default */
     void (*handle)(void *server, srv_conn *c, void *ctx);
+    bool ops;            /* an operations endpoint: open without the API key
+                            unless --protect-ops */
 } srv_route;
 
 const srv_route *srv_routes(size_t *n);

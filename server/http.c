@@ -246,6 +246,8 @@ static enum MHD_Result queue_reply(srv_conn *c)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
     if (r->allow[0])
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    if (r->challenge)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->challenge);
     c->status = r->status;
     c->sent = len;
     c->state = CONN_ANSWERED;

@@ -174,8 +174,8 @@ static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
 static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *root, const char *prompt)
 {
     json_t *params = json_object_get(root, "parameters");
-    json_t *tgi = json_pack("{s:s, s:O}", "inputs", prompt, "parameters",
-                            json_is_object(params) ? params : json_object());
+    json_t *tgi = json_pack("{s:s, s:o}", "inputs", prompt, "parameters",
+                            json_is_object(params) ? json_incref(params) : json_object());
     json_t *p = json_object_get(tgi, "parameters");
     json_t *max_tokens = json_object_get(p, "max_tokens");
     if (max_tokens && !json_object_get(p, "max_new_tokens"))

@@ -8,6 +8,7 @@ void srv_reply_init(srv_reply *r)
     r->status = 0;
     r->content_type = NULL;
     r->allow[0] = '\0';
+    r->challenge = NULL;
     srv_buf_init(&r->body);
 }
 

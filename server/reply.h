@@ -10,6 +10,7 @@ typedef struct srv_reply {
     int status;               /* 0 while unset */
     const char *content_type; /* static string */
     char allow[64];           /* the Allow header of a 405, or empty */
+    const char *challenge;    /* the WWW-Authenticate header of a 401, or NULL */
     srv_buf body;
 } srv_reply;
 

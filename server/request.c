@@ -7,7 +7,10 @@
 int srv_json_body(const srv_request *in, void **root, srv_reply *err)
 {
     json_error_t jerr;
-    json_t *v = json_loadb(in->body ? in->body : "", in->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    /* Any JSON value parses, so a non-object gets pydantic's dict_type answer;
+     * NULs inside strings are kept (every reader takes the string's length). */
+    json_t *v = json_loadb(in->body ? in->body : "", in->body_len,
+                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!v) {
         srv_reply_json_invalid(err, jerr.position, jerr.text);
         return -1;

@@ -260,25 +260,10 @@ static void on_signal(uv_signal_t *sig, int signum)
 
 /* ---- run ------------------------------------------------------------------------ */
 
-static int start(srv_server *s, eng_err *err)
+/* The loop and its handles first: once they exist, close_all can undo a
+ * start that fails half-way. */
+static void init_loop(srv_server *s)
 {
-    s->n_workers = s->opts->n_models;
-    s->workers = calloc(s->n_workers, sizeof *s->workers);
-    s->models = calloc(s->n_workers, sizeof *s->models);
-    if (!s->workers || !s->models)
-        return eng_err_set(err, ENG_ENOMEM, "out of memory");
-    for (size_t i = 0; i < s->n_workers; i++)
-        if (srv_worker_init(&s->workers[i], s->opts->models[i].name))
-            return eng_err_set(err, ENG_ENOMEM, "out of memory");
-    s->limits = (srv_limits){.max_client_batch = (size_t)s->opts->max_client_batch_size,
-                             .max_input_tokens = s->opts->max_input_tokens,
-                             .max_new_tokens = s->opts->max_new_tokens_limit,
-                             .max_batch_total_tokens = s->opts->max_batch_total_tokens,
-                             .max_image_bytes = s->opts->max_image_bytes,
-                             .max_image_pixels = s->opts->max_image_pixels};
-    int rc = srv_metrics_new(PREDICTD_VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
-    if (rc)
-        return eng_err_set(err, rc, "out of memory");
     uv_loop_init(&s->loop);
     pthread_mutex_init(&s->done_lock, NULL);
     uv_async_init(&s->loop, &s->done_async, on_jobs_done);
@@ -290,7 +275,30 @@ static int start(srv_server *s, eng_err *err)
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_timer_init(&s->loop, &s->drain_timer);
     s->drain_timer.data = s;
+}
 
+static int start(srv_server *s, eng_err *err)
+{
+    s->workers = calloc(s->opts->n_models, sizeof *s->workers);
+    s->models = calloc(s->opts->n_models, sizeof *s->models);
+    if (!s->workers || !s->models)
+        return eng_err_set(err, ENG_ENOMEM, "out of memory");
+    s->n_workers = s->opts->n_models;
+    for (size_t i = 0; i < s->n_workers; i++)
+        if (srv_worker_init(&s->workers[i], s->opts->models[i].name))
+            return eng_err_set(err, ENG_ENOMEM, "out of memory");
+    s->limits = (srv_limits){.max_client_batch = (size_t)s->opts->max_client_batch_size,
+                             .max_input_tokens = s->opts->max_input_tokens,
+                             .max_new_tokens = s->opts->max_new_tokens_limit,
+                             .max_batch_total_tokens = s->opts->max_batch_total_tokens,
+                             .max_image_bytes = s->opts->max_image_bytes,
+                             .max_image_pixels = s->opts->max_image_pixels};
+    int rc = srv_auth_init(&s->auth, s->opts, err);
+    if (rc)
+        return rc;
+    rc = srv_metrics_new(PREDICTD_VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
+    if (rc)
+        return eng_err_set(err, rc, "out of memory");
     srv_http_cfg hc = {.host = s->opts->host, .port = s->opts->port,
                        .max_connections = s->opts->max_connections, .timeout_s = s->opts->timeout,
                        .max_header_bytes = s->opts->max_header_bytes,
@@ -316,16 +324,14 @@ int srv_server_run(const srv_options *opts)
     /* OpenBLAS counts the host's cores; a container's CPU quota is ours. */
     eng_blas_set_threads(opts->threads > 0 ? opts->threads : eng_cpu_count());
     eng_err err = {0};
+    init_loop(&s);
     if (start(&s, &err)) {
         srv_error("%s", err.msg);
         s.exit_code = 1;
-        if (s.http) {
-            srv_http_stop(s.http);
-            s.http = NULL;
-        }
-    } else {
-        uv_run(&s.loop, UV_RUN_DEFAULT);
+        s.state = SRV_STATE_STOPPING;
+        close_all(&s);
     }
+    uv_run(&s.loop, UV_RUN_DEFAULT);
     uv_loop_close(&s.loop);
     for (size_t i = 0; i < s.n_workers; i++) {
         srv_worker_free(&s.workers[i]);
@@ -334,6 +340,7 @@ int srv_server_run(const srv_options *opts)
     free(s.models);
     free(s.workers);
     srv_metrics_free(s.metrics);
+    srv_auth_free(&s.auth);
     pthread_mutex_destroy(&s.done_lock);
     srv_info("stopped");
     return s.exit_code;

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <uv.h>
 
+#include "server/auth.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/options.h"
@@ -28,6 +29,7 @@ typedef struct srv_server {
     size_t n_workers;
     model **models;        /* (n_workers) loaded models, NULL until loaded */
     srv_limits limits;
+    srv_auth auth;
     srv_state state;
     int exit_code;
     int in_flight;         /* jobs handed to workers and not yet finished */

@@ -1,0 +1,166 @@
+"""Connections: slow and idle clients timed out while others are served, and
+--max-connections."""
+
+import http.client
+import os
+import resource
+import threading
+import time
+
+from harness import (HOST, SLOW, TINY, Daemon, check, config, connect, eq, expect, oracle,
+                     recv_all, request, test, wait_for)
+
+config("timeout_2s", ["--model", "tiny=" + TINY, "--timeout", "2"])
+
+
+@test(daemon="timeout_2s")
+def slow_clients_timed_out(d):
+    want = oracle(text="served meanwhile")[0]
+    t0 = time.monotonic()
+    stalled = {
+        "half a request line": b"POST /predict?te",
+        "headers without their end": b"POST /predict?text=x HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        "half a body": b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{",
+    }
+    socks = {}
+    for what, data in stalled.items():
+        s = connect(d.port)
+        s.sendall(data)
+        socks[what] = s
+    # An idle keep-alive connection after a complete exchange is closed too.
+    idle = connect(d.port)
+    idle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    socks["idle after an answer"] = idle
+
+    served, errors = [], []
+    stop = threading.Event()
+
+    def others():
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                r = request(d.port, "POST", "/predict?text=served%20meanwhile", timeout=5)
+                served.append((r.status, r.body, time.monotonic() - t))
+            except OSError as e:
+                errors.append(e)
+            stop.wait(0.1)
+
+    th = threading.Thread(target=others, daemon=True)
+    th.start()
+    closed = {}
+    try:
+        for what, s in socks.items():
+            data, how = recv_all(s, t0 + 8 * SLOW)
+            closed[what] = (how, time.monotonic() - t0, data)
+    finally:
+        stop.set()
+        th.join(10 * SLOW)
+        for s in socks.values():
+            s.close()
+    for what, (how, when, data) in closed.items():
+        check(how in ("eof", "reset"), "%s: closed by the server, not %s" % (what, how))
+        check(1.5 <= when <= min(4.5 * SLOW, 6), "%s: closed after %.2fs, want about 2s"
+              % (what, when))
+        if what == "idle after an answer":
+            check(data.startswith(b"HTTP/1.1 200 ") and data.endswith(b'{"status":"ok"}'),
+                  "the idle connection's answer came first: %r" % data)
+        else:
+            eq(data, b"", "%s: nothing sent back" % what)
+    check(not errors, "other clients failed meanwhile: %r" % errors[:3])
+    check(len(served) >= 10, "other clients served meanwhile: only %d" % len(served))
+    for status, body, took in served:
+        eq((status, body), (200, want), "answer to another client")
+        check(took < 1.5 * SLOW, "another client waited %.2fs" % took)
+
+
+config("max_conn_8", ["--model", "tiny=" + TINY, "--max-connections", "8"])
+
+
+def fill(d, n):
+    """n keep-alive connections, each known to the server (it has answered
+    one request on each), then idle."""
+    conns = []
+    for _ in range(n):
+        c = http.client.HTTPConnection(HOST, d.port, timeout=5 * SLOW)
+        c.request("GET", "/health")
+        r = c.getresponse()
+        eq((r.status, r.read()), (200, b'{"status":"ok"}'), "health on a kept connection")
+        conns.append(c)
+    return conns
+
+
+def ninth_refused(d):
+    """Asserts that one more connection is refused or closed without an answer."""
+    try:
+        s = connect(d.port, timeout=2)
+    except OSError:
+        return  # refused outright
+    try:
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        except OSError:
+            return
+        data, how = recv_all(s, time.monotonic() + 3 * SLOW)
+        check(how in ("eof", "reset"), "the 9th connection was closed (it %s)" % how)
+        eq(data, b"", "no answer on the 9th connection")
+    finally:
+        s.close()
+
+
+@test(daemon="max_conn_8")
+def max_connections(d):
+    for round_ in range(2):
+        conns = fill(d, 8)
+        try:
+            ninth_refused(d)
+            # The 8 are still served.
+            conns[0].request("GET", "/health")
+            r = conns[0].getresponse()
+            eq((r.status, r.read()), (200, b'{"status":"ok"}'), "a kept connection still served")
+        finally:
+            for c in conns:
+                c.close()
+
+        # Once they are closed, new clients are served again.
+        def works():
+            try:
+                r = request(d.port, "GET", "/health", timeout=2)
+                return r.status == 200
+            except OSError:
+                return False
+        wait_for("a request to succeed after the 8 closed (round %d)" % round_, works, 5)
+        expect(d.post("/predict?text=ok"), 200, oracle(text="ok")[0])
+
+
+
+@test(daemon=None)
+def descriptor_limit_recovers():
+    # Out of file descriptors, MHD stops accepting until connections close;
+    # once they have, new clients must be served again (MHD resumes accepting
+    # only on its next run, which nothing else would trigger).
+    d = Daemon(["--model", "tiny=" + TINY], label="fd_limit").start()
+    used = len(os.listdir("/proc/%d/fd" % d.proc.pid))
+    resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (used + 4, used + 4))
+    socks = []
+    try:
+        for _ in range(10):
+            s = connect(d.port)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            socks.append(s)
+        answered = 0
+        deadline = time.monotonic() + 0.5 * SLOW
+        for s in socks:
+            data, _ = recv_all(s, deadline)
+            answered += data.startswith(b"HTTP/1.1 200 ")
+        check(answered < 10, "the descriptor limit took effect (all 10 answered)")
+    finally:
+        for s in socks:
+            s.close()
+
+    def works():
+        try:
+            return request(d.port, "GET", "/health", timeout=1).status == 200
+        except OSError:
+            return False
+    wait_for("a request to succeed once the connections closed", works, 5)
+    d.stop()

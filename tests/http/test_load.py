@@ -1,0 +1,238 @@
+"""Load: concurrent clients and dynamic batching, a client leaving while its
+request is queued, a full queue (429), and SIGTERM with requests in flight."""
+
+import http.client
+import json
+import threading
+import time
+
+from harness import (HOST, SLOW, TINY, Daemon, check, config, connect, eq, expect, fail, metric,
+                     oracle, oracle_many, q, request, same_prediction, test, wait_for)
+
+
+def parallel(fn, n, timeout=30):
+    """Runs fn(i) for i in 0..n-1, each on its own thread, released together.
+    Returns the results; an exception a thread raised is its result."""
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def run(i):
+        try:
+            barrier.wait(timeout=10 * SLOW)
+            results[i] = fn(i)
+        except Exception as e:  # reported by the caller, per client
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout * SLOW
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            fail("a client thread did not finish within %ds" % (timeout * SLOW))
+    return results
+
+
+# A request batched with others is not computed bit for bit as it is alone
+# (the BLAS sums in another order for another matrix shape): answers in a
+# batch match the one-shot CLI to this tolerance, not byte for byte.
+BATCH_TOL = 1e-5
+
+
+def check_separated(wants):
+    """The oracle answers (pipeline form) differ by far more than BATCH_TOL,
+    so a client given another client's answer is caught."""
+    top = sorted((json.loads(w)[0]["label"], json.loads(w)[0]["score"]) for w in wants)
+    gaps = [b[1] - a[1] for a, b in zip(top, top[1:]) if a[0] == b[0]]
+    check(min(gaps, default=1) > 4 * BATCH_TOL,
+          "test inputs: two oracle answers only %g apart" % min(gaps))
+
+
+def expect_answer(r, want, what):
+    expect(r, 200)
+    same_prediction(r.body, want, BATCH_TOL, what)
+
+
+def queued(d, n):
+    """True once the tiny model's queue holds n requests."""
+    return metric(d.metrics(), 'predictd_queue_size{model="tiny"}') == n
+
+
+# ---- 64 concurrent clients ------------------------------------------------------------
+
+config("batching", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "20000",
+                    "--max-batch-size", "64"])
+
+ADJ = ["good", "bad", "dull", "great", "slow", "funny", "sad", "odd"]
+
+
+def review(i):
+    return "review %d: a %s and %s film" % (i, ADJ[i % 8], ADJ[(i // 8) % 8])
+
+
+@test(daemon="batching")
+def concurrent_64_clients(d):
+    n = 64
+    # Even clients use ?text=, odd ones {"text": T}; each must get its own answer.
+    requests = [("/predict" + q(review(i)), None) if i % 2 == 0 else
+                ("/predict", json.dumps({"text": review(i)})) for i in range(n)]
+    wants = oracle_many([(review(i), None) for i in range(n)])
+    check_separated(wants)
+
+    def client(i):
+        path, body = requests[i]
+        return request(d.port, "POST", path, body=body, timeout=30)
+
+    for i, r in enumerate(parallel(client, n)):
+        if isinstance(r, Exception):
+            fail("client %d: %s: %s" % (i, type(r).__name__, r))
+        expect_answer(r, wants[i], "client %d" % i)
+    m = d.metrics()
+    total = metric(m, 'predictd_batch_size_sum{model="tiny"}')
+    count = metric(m, 'predictd_batch_size_count{model="tiny"}')
+    check(total is not None and count, "predictd_batch_size for tiny is in /metrics")
+    eq(total, float(n), "sequences counted in predictd_batch_size_sum")
+    check(total / count > 1, "batches of more than one: %g sequences in %g batches"
+          % (total, count))
+    eq(metric(m, 'predictd_requests_total{model="tiny",endpoint="/predict",status="200"}'),
+       float(n), "requests counted")
+
+
+# ---- a client leaves while queued ---------------------------------------------------------
+
+config("slow_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "1500000",
+                      "--max-batch-size", "64"])
+
+
+@test(daemon="slow_batch")
+def disconnect_while_queued(d):
+    s = connect(d.port)
+    s.sendall(b"POST /predict?text=nobody%20waits HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Length: 0\r\n\r\n")
+    s.close()
+    # A request behind it is still answered, and correctly.
+    r = d.post("/predict?text=still%20served", timeout=10)
+    expect(r, 200, oracle(text="still served")[0])
+    cancelled = 'predictd_cancelled_requests_total{model="tiny"}'
+    wait_for(cancelled + " = 1", lambda: metric(d.metrics(), cancelled) == 1, 5)
+    m = d.metrics()
+    eq(metric(m, 'predictd_requests_total{model="tiny",endpoint="/predict",status="499"}'), 1.0,
+       "the abandoned request counted as 499")
+    eq(metric(m, 'predictd_batch_size_sum{model="tiny"}'), 1.0,
+       "only the live request was computed")
+
+
+# ---- a full queue --------------------------------------------------------------------------
+
+config("queue_of_one", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "1000000",
+                        "--max-batch-size", "64", "--max-queue", "1"])
+
+
+@test(daemon="queue_of_one")
+def queue_full_429(d):
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault(
+        "r", request(d.port, "POST", "/predict?text=first", timeout=10)), daemon=True)
+    t.start()
+    wait_for("the first request to be queued", lambda: queued(d, 1), 5)
+    expect(d.post("/predict?text=second"), 429, '{"detail":"Model is overloaded"}')
+    expect(d.post("/predict", b'{"inputs": ["third"]}'), 429, '{"detail":"Model is overloaded"}')
+    t.join(10 * SLOW)
+    check("r" in first, "the first request was answered")
+    expect(first["r"], 200, oracle(text="first")[0])
+    m = d.metrics()
+    eq(metric(m, 'predictd_rejected_requests_total{model="tiny",reason="queue_full"}'), 2.0,
+       "rejections counted")
+    eq(metric(m, 'predictd_queue_size{model="tiny"}'), 0.0, "queue empty again")
+    # Requests that do not queue are still served meanwhile.
+    expect(d.get("/health"), 200, '{"status":"ok"}')
+
+
+# ---- SIGTERM with requests in flight ----------------------------------------------------
+
+@test(daemon=None)
+def sigterm_drains_in_flight():
+    n = 32
+    # The batch waits long enough for all 32 to queue before it leaves, even
+    # under ASan, and for SIGTERM to find them there.
+    d = Daemon(["--model", "tiny=" + TINY, "--max-batch-wait-us", "600000", "--max-batch-size",
+                "64", "--shutdown-timeout", "10"], label="sigterm").start()
+    wants = oracle_many([(review(i), None) for i in range(n)])
+    check_separated(wants)
+    keep = http.client.HTTPConnection(HOST, d.port, timeout=10 * SLOW)
+    keep.request("GET", "/health")
+    eq(keep.getresponse().read(), b'{"status":"ok"}', "health on the kept connection")
+
+    results = [None] * n
+
+    def client(i):
+        try:
+            results[i] = request(d.port, "POST", "/predict" + q(review(i)), timeout=30)
+        except Exception as e:  # reported below, per client
+            results[i] = e
+
+    threads = [threading.Thread(target=lambda i=i: client(i), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    wait_for("%d requests queued" % n, lambda: queued(d, n), 10)
+    t0 = time.monotonic()
+    d.terminate()
+    wait_for("the daemon to take SIGTERM", lambda: "Terminated" in d.stderr(), 5)
+    # A connection opened before SIGTERM is still served, and told the daemon stops.
+    keep.request("GET", "/health")
+    r = keep.getresponse()
+    eq((r.status, r.read()), (503, b'{"status":"stopping"}'), "health while stopping")
+    keep.close()
+    for t in threads:
+        t.join(15 * SLOW)
+    code = d.wait(10)
+    took = time.monotonic() - t0
+    check(code is not None, "exited within the shutdown timeout")
+    eq(code, 0, "exit code")
+    d.check_clean()
+    check(took < 5 * SLOW, "drained in %.1fs" % took)
+    for i, r in enumerate(results):
+        check(r is not None, "client %d got an answer" % i)
+        if isinstance(r, Exception):
+            fail("client %d: %s: %s" % (i, type(r).__name__, r))
+        expect_answer(r, wants[i], "client %d" % i)
+    try:
+        s = connect(d.port, timeout=2)
+        s.close()
+        fail("a connection after shutdown succeeded")
+    except OSError:
+        pass
+
+
+# ---- a client leaves while its batch runs ---------------------------------------------------
+
+config("long_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "300000",
+                      "--max-batch-size", "64", "--max-batch-tokens", "65536"])
+
+LONG = " ".join(ADJ[i % 8] for i in range(600))
+
+
+@test(daemon="long_batch")
+def disconnect_during_forward(d):
+    # Client A's 32 long inputs and client B's one text run in one batch; A
+    # leaves while the batch computes. B must still get its own rows.
+    b_text = "a dull, lifeless and utterly predictable mess"
+    want = oracle(text=b_text)[0]
+    body = json.dumps({"inputs": [LONG] * 32, "truncate": True}).encode()
+    a = connect(d.port)
+    a.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    wait_for("A queued", lambda: queued(d, 1), 5)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault(
+        "r", request(d.port, "POST", "/predict" + q(b_text), timeout=20)), daemon=True)
+    t.start()
+    wait_for("A and B queued", lambda: queued(d, 2), 5)
+    wait_for("the batch to start", lambda: queued(d, 0), 5)
+    a.close()
+    t.join(20 * SLOW)
+    check("r" in got, "B was answered")
+    expect_answer(got["r"], want, "B")
+    cancelled = 'predictd_cancelled_requests_total{model="tiny"}'
+    wait_for(cancelled + " = 1", lambda: metric(d.metrics(), cancelled) == 1, 5)
