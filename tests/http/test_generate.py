@@ -1,0 +1,177 @@
+"""Generation through HTTP: the GPT-2 goldens in the pipeline, TGI and OpenAI
+forms, streams equal to whole answers, sixteen concurrent generations equal
+to their solo runs, cancelled streams freeing their KV cache, and parameter
+validation."""
+
+import json
+import os
+import socket
+import threading
+import time
+
+from harness import (REPO, check, close, config, connect, eq, expect, fail, load_json, metric, test,
+                     wait_for)
+
+GPT2 = os.path.join(REPO, "tests", "fixtures", "gpt2-tiny")
+GOLDEN = load_json(os.path.join(REPO, "tests", "fixtures", "golden", "gpt2.json"))
+
+config("gpt2", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "60000"])
+
+
+def post_json(d, path, obj, **kw):
+    return d.post(path, body=json.dumps(obj, ensure_ascii=False).encode("utf-8"), **kw)
+
+
+def events(body):
+    """The JSON payloads of a server-sent event stream."""
+    out = []
+    for line in body.decode("utf-8").split("\n"):
+        if line.startswith("data:"):
+            out.append(line[5:].strip())
+    return out
+
+
+@test(daemon="gpt2")
+def generate_golden_greedy_pipeline(d):
+    for case in GOLDEN["greedy"]:
+        r = post_json(d, "/predict", {"inputs": case["prompt"],
+                                      "parameters": {"do_sample": False, "max_new_tokens": 20}})
+        eq(r.status, 200, "status")
+        eq(r.json(), [{"generated_text": case["full_text_hf_clean_up"]}], "pipeline answer for %r"
+           % case["prompt"])
+
+
+@test(daemon="gpt2")
+def generate_golden_greedy_tgi_details(d):
+    for case in GOLDEN["greedy"]:
+        r = post_json(d, "/generate", {"inputs": case["prompt"],
+                                       "parameters": {"max_new_tokens": 20, "details": True}})
+        eq(r.status, 200, "status")
+        got = r.json()
+        eq([t["id"] for t in got["details"]["tokens"]], case["generated_ids"], "generated ids")
+        eq(got["generated_text"], case["generated_text"], "generated_text")
+        eq(got["details"]["finish_reason"], "length", "finish_reason")
+        eq(got["details"]["generated_tokens"], 20, "generated_tokens")
+        for t in got["details"]["tokens"]:
+            check(t["logprob"] <= 0, "log-probabilities are <= 0: %r" % t)
+
+
+@test(daemon="gpt2")
+def generate_golden_beam_search(d):
+    for case in GOLDEN["beam"]:
+        r = post_json(d, "/generate", {"inputs": case["prompt"], "parameters": {
+            "num_beams": case["num_beams"], "length_penalty": case["length_penalty"],
+            "early_stopping": case["early_stopping"], "max_new_tokens": case["max_new_tokens"]}})
+        eq(r.status, 200, "status")
+        eq(r.json()["generated_text"], case["generated_text"], "beam text for %r" % case["prompt"])
+
+
+@test(daemon="gpt2")
+def generate_stream_equals_whole(d):
+    params = {"max_new_tokens": 24, "do_sample": True, "seed": 11, "top_k": 20}
+    whole = post_json(d, "/generate", {"inputs": "Unicode: café 日本語 🙂", "parameters": params}).json()
+    r = post_json(d, "/generate_stream", {"inputs": "Unicode: café 日本語 🙂", "parameters": params})
+    eq(r.status, 200, "status")
+    eq(r.header("Content-Type"), "text/event-stream", "Content-Type")
+    evs = [json.loads(e) for e in events(r.body)]
+    eq(len(evs), 24, "one event per token")
+    eq("".join(e["token"]["text"] for e in evs if not e["token"]["special"]),
+       whole["generated_text"], "concatenated token texts")
+    eq(evs[-1]["generated_text"], whole["generated_text"], "the last event's generated_text")
+    check(all(e["generated_text"] is None for e in evs[:-1]), "only the last event is final")
+
+
+@test(daemon="gpt2")
+def generate_openai_completions(d):
+    r = post_json(d, "/v1/completions", {"model": "gpt2", "prompt": "The", "max_tokens": 5,
+                                          "temperature": 0})
+    eq(r.status, 200, "status")
+    got = r.json()
+    eq(got["object"], "text_completion", "object")
+    eq(got["usage"], {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}, "usage")
+    greedy = [c for c in GOLDEN["greedy"] if c["prompt"] == "The"][0]
+    check(greedy["generated_text"].startswith(got["choices"][0]["text"]),
+          "temperature 0 is greedy: %r" % got["choices"][0]["text"])
+    r = post_json(d, "/v1/completions", {"prompt": "The", "max_tokens": 5, "temperature": 0,
+                                          "stream": True})
+    evs = events(r.body)
+    eq(evs[-1], "[DONE]", "the stream ends with [DONE]")
+    text = "".join(json.loads(e)["choices"][0]["text"] for e in evs[:-1])
+    eq(text, got["choices"][0]["text"], "streamed text")
+    expect(post_json(d, "/v1/completions", {"model": "nope", "prompt": "x"}), 404,
+           '{"detail":"Model \'nope\' not found"}')
+
+
+def solo(d, prompt, n):
+    r = post_json(d, "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": n,
+                                                                    "details": True}})
+    eq(r.status, 200, "status")
+    return [t["id"] for t in r.json()["details"]["tokens"]]
+
+
+@test(daemon="gpt2")
+def generate_16_concurrent_equal_solo(d):
+    prompts = ["Hello, my dog is cute", "The", "Once upon a time", "Numbers 1 2 3"]
+    jobs = [(prompts[i % 4], 4 + (i * 7) % 29) for i in range(16)]
+    want = [solo(d, p, n) for p, n in jobs]
+    got = [None] * 16
+
+    def run(i):
+        got[i] = solo(d, *jobs[i])
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(16):
+        eq(got[i], want[i], "generation %d beside 15 others" % i)
+
+
+@test(daemon="gpt2")
+def generate_cancelled_stream_frees_its_cache(d):
+    s = connect(d.port)
+    body = json.dumps({"inputs": "Once upon a time", "parameters": {"max_new_tokens": 900}}).encode()
+    s.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.settimeout(10)
+    got = b""
+    while b"data:" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            fail("the stream ended before its first event: %r" % got)
+        got += chunk
+    series = 'predictd_kv_cache_tokens{model="gpt2"}'
+    wait_for("a running sequence", lambda: (metric(d.metrics(), series) or 0) > 0, 5)
+    s.close()
+    wait_for(series + " back to 0", lambda: metric(d.metrics(), series) == 0, 10)
+    wait_for("the cancellation counted",
+             lambda: (metric(d.metrics(), 'predictd_cancelled_requests_total{model="gpt2"}') or 0) >= 1, 5)
+
+
+@test(daemon="gpt2")
+def generate_rejects_bad_parameters(d):
+    cases = [({"top_p": 1.5, "do_sample": True}, "top_p"),
+             ({"temperature": 0, "do_sample": True}, "temperature"),
+             ({"max_new_tokens": -3}, "max_new_tokens"),
+             ({"num_beams": 3, "do_sample": True}, "num_beams"),
+             ({"max_new_tokens": 1030}, "max_new_tokens"),
+             ({"max_new_tokens": 1023}, "max_new_tokens"),
+             ({"top_k": "x"}, "top_k")]
+    for params, field in cases:
+        r = post_json(d, "/generate", {"inputs": "Hello there", "parameters": params})
+        eq(r.status, 422, "status for %r" % params)
+        check(field in r.body.decode(), "the error names %s: %r" % (field, r.body))
+    r = post_json(d, "/generate", {"inputs": "x " * 1100, "parameters": {"max_new_tokens": 10}})
+    eq(r.status, 422, "a prompt over the context")
+
+
+config("gpt2_small_kv", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "64"])
+
+
+@test(daemon="gpt2_small_kv")
+def generate_kv_budget_bounds_requests(d):
+    r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 100}})
+    eq(r.status, 422, "a request needing more KV cache than the budget")
+    check("max-batch-total-tokens" in r.body.decode(), "the error names the option: %r" % r.body)
+    r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 20}})
+    eq(r.status, 200, "a request within the budget")

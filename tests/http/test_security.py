@@ -1,0 +1,82 @@
+"""API keys and the Open Inference Protocol (KServe v2) endpoints."""
+
+import json
+
+import time
+
+from harness import TINY, Daemon, check, config, eq, expect, oracle, request, test
+
+config("api_key", ["--model", "tiny=" + TINY, "--api-key", "s3cret-key"])
+
+KEY = {"Authorization": "Bearer s3cret-key"}
+
+
+class KeyedDaemon(Daemon):
+    """A daemon whose /health itself needs the key (--protect-ops)."""
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if request(self.port, "GET", "/health", headers=KEY, timeout=2).status == 200:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+
+@test(daemon="api_key")
+def api_key_required(d):
+    r = d.post("/predict?text=hello")
+    expect(r, 401, '{"detail":"Not authenticated"}')
+    eq(r.header("WWW-Authenticate"), "Bearer", "WWW-Authenticate")
+    expect(d.post("/predict?text=hello", headers={"Authorization": "Bearer s3cret-kez"}), 401,
+           '{"detail":"Invalid API key"}')
+    expect(d.post("/predict?text=hello", headers={"Authorization": "Bearer s3cret-key-longer"}), 401,
+           '{"detail":"Invalid API key"}')
+    expect(d.post("/predict?text=hello", headers={"Authorization": "Basic czNjcmV0LWtleQ=="}), 401,
+           '{"detail":"Invalid API key"}')
+    expect(d.post("/predict?text=hello", headers={"Authorization": "Bearer s3cret-key"}), 200,
+           oracle(text="hello")[0])
+    eq(d.get("/health").status, 200, "/health stays open")
+    eq(d.get("/metrics").status, 200, "/metrics stays open")
+    eq(d.get("/models").status, 401, "/models needs the key")
+
+
+@test(daemon=None)
+def api_key_protects_ops():
+    d = KeyedDaemon(["--model", "tiny=" + TINY, "--api-key", "s3cret-key", "--protect-ops"],
+                    label="protect_ops")
+    d.start()
+    try:
+        eq(d.get("/health").status, 401, "/health with --protect-ops")
+        eq(d.get("/metrics").status, 401, "/metrics with --protect-ops")
+        eq(d.get("/health", headers=KEY).status, 200, "with the key")
+    finally:
+        d.stop()
+
+
+@test()
+def kserve_v2_classification(d):
+    expect(d.get("/v2/health/live"), 200, '{"live":true}')
+    expect(d.get("/v2/health/ready"), 200, '{"ready":true}')
+    meta = d.get("/v2/models/tiny").json()
+    eq(meta["name"], "tiny", "name")
+    eq([t["name"] for t in meta["outputs"]], ["label", "score", "logits"], "outputs")
+    expect(d.get("/v2/models/tiny/ready"), 200, '{"name":"tiny","ready":true}')
+    texts = ["a gripping film", "a dull mess"]
+    body = {"id": "req-1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts}]}
+    r = d.post("/v2/models/tiny/infer", body=json.dumps(body))
+    eq(r.status, 200, "status (%r)" % r.body[:200])
+    got = r.json()
+    eq(got["id"], "req-1", "id echoed")
+    outs = {o["name"]: o for o in got["outputs"]}
+    for i, t in enumerate(texts):
+        want = json.loads(oracle(text=t)[0])[0]
+        eq(outs["label"]["data"][i], want["label"], "label of %r" % t)
+        check(abs(outs["score"]["data"][i] - want["score"]) < 1e-5, "score of %r" % t)
+    eq(outs["logits"]["shape"], [2, 2], "logits shape")
+    r = d.post("/v2/models/tiny/infer", body='{"inputs": [{"name": "x", "datatype": "FP32", "data": [1]}]}')
+    eq(r.status, 400, "no BYTES input")
+    check("error" in r.json(), "the protocol's error shape")
