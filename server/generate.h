@@ -102,7 +102,8 @@ void srv_gen_format(const model *m, srv_gen_job *job, srv_reply *out);
 
 /* Streaming: appends the server-sent events for what the worker produced
  * since the last call (call under no lock; takes job->lock). Returns true
- * when the stream is complete (the final event written). */
+ * when the stream is complete (its final event written): from then on the
+ * connection is done with the job, though the worker may still hold it. */
 bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out);
 
 /* ---- the worker side (server/generate_sched.c) ---- */

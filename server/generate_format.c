@@ -259,19 +259,22 @@ static void openai_chunk(const srv_gen_job *job, const char *text, size_t n, con
     srv_buf_puts(out, "}]}\n\n");
 }
 
+/* The stream is complete once its sequence has finished, which the worker
+ * records under the lock together with the last token: the final event
+ * rides on that token, whether or not the worker has let go of the job yet
+ * (job->finished, which only says when the job may be freed). */
 bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out)
 {
     pthread_mutex_lock(&job->lock);
     srv_gen_seq *q = &job->seqs[0];
-    bool complete = job->finished;
-    if (complete && q->finish == SRV_FINISH_ERROR) {
+    bool done = q->finish != SRV_FINISH_NONE;
+    if (q->finish == SRV_FINISH_ERROR)
         srv_buf_puts(out, "data:{\"error\":\"generation failed\",\"error_type\":\"generation\"}\n\n");
-    }
     for (int i = job->sent_tokens; i < q->n_tokens && q->finish != SRV_FINISH_ERROR; i++) {
         size_t end = q->text_end[i] < job->sent_bytes ? job->sent_bytes : q->text_end[i];
         const char *delta = q->text + job->sent_bytes;
         size_t n = end - job->sent_bytes;
-        bool last = complete && i == q->n_tokens - 1;
+        bool last = done && i == q->n_tokens - 1;
         if (job->form == SRV_GEN_TGI)
             tgi_event(m, job, i, delta, n, last, out);
         else if (n || last)
@@ -279,8 +282,8 @@ bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out)
         job->sent_bytes = end;
         job->sent_tokens = i + 1;
     }
-    if (complete && job->form == SRV_GEN_OPENAI)
+    if (done && job->form == SRV_GEN_OPENAI)
         srv_buf_puts(out, "data: [DONE]\n\n");
     pthread_mutex_unlock(&job->lock);
-    return complete;
+    return done;
 }

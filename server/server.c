@@ -89,6 +89,7 @@ static void finish_generate(srv_server *s, srv_job *job)
         if (complete) {
             srv_conn_stream_end(c);
             job->conn = NULL; /* the connection ends without us */
+            job->answered = true;
         }
     } else if (c && finished) {
         srv_gen_format(m, g, srv_conn_reply(c));
@@ -96,7 +97,7 @@ static void finish_generate(srv_server *s, srv_job *job)
     }
     if (!finished)
         return;
-    if (!c)
+    if (!c && !job->answered)
         srv_metrics_cancelled(s->metrics, job->worker->name);
     s->in_flight--;
     srv_job_free(job);

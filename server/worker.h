@@ -28,6 +28,7 @@ struct srv_job {
     srv_worker *worker;
     void *conn;              /* the waiting request; NULL once its client left (loop thread) */
     atomic_bool cancelled;   /* set by the loop thread, read by the worker */
+    bool answered;           /* loop thread: its stream has ended (conn let go) */
     bool in_batch;           /* worker: not cancelled when its batch began; a
                                 batch reads this, never the moving flag above */
     int n_seq, n_tokens;     /* its size, for the batch limits */
