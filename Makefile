@@ -52,8 +52,12 @@ $(BUILD)/libpredictd.a: $(LIB_OBJ)
 $(BUILD)/predictd: $(MAIN_OBJ) $(BUILD)/libpredictd.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# The unit tests inject allocation failures (tests/unit/test_alloc_failure.c)
+# through wrappers of the allocation functions predictd's own code calls.
+WRAP_ALLOC := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup,--wrap=posix_memalign
+
 $(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libpredictd.a
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) $(WRAP_ALLOC) -o $@ $^ $(LDLIBS)
 
 # Each tests/bench/*.c is a program of its own.
 $(BUILD)/%: $(BUILD)/obj/tests/bench/%.o $(BUILD)/libpredictd.a
