@@ -21,6 +21,7 @@ struct srv_http {
     srv_http_hooks hooks;
     int port;
     int deferred;
+    int closing;      /* handles whose close callback has not run yet */
     int open;         /* connections MHD holds now */
     unsigned closed;  /* connections closed so far */
     bool running;     /* inside run_mhd: resumes are picked up by its loop */
@@ -528,19 +529,23 @@ void srv_http_quiesce(srv_http *h)
     run_mhd(h);
 }
 
-/* The timer is closed last, so its close callback frees the object. */
-static void timer_closed(uv_handle_t *handle)
+/* Both handles live inside the object: it is freed when the last of their
+ * close callbacks has run (libuv runs them in no order we may rely on). */
+static void handle_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    srv_http *h = handle->data;
+    if (--h->closing == 0)
+        free(h);
 }
 
 void srv_http_stop(srv_http *h)
 {
     uv_poll_stop(&h->poll);
-    uv_close((uv_handle_t *)&h->poll, NULL);
     MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
-    uv_close((uv_handle_t *)&h->timer, timer_closed);
+    h->closing = 2;
+    uv_close((uv_handle_t *)&h->poll, handle_closed);
+    uv_close((uv_handle_t *)&h->timer, handle_closed);
 }
 
 int srv_http_port(const srv_http *h)
