@@ -6,41 +6,91 @@
 #include <string.h>
 
 #include "engine/ops_simd.h"
+#include "engine/pool.h"
 
-/* Mean and variance in double: a 768-wide row summed in float loses digits
- * that the 1e-5 batched-vs-alone tolerance would notice. */
-static void row_stats(const float *x, int d, float *mean, float *rstd, float eps)
+void eng_layernorm_row_ref(float *out, float *x, const float *residual, int d, const float *gamma,
+                           const float *beta, float eps)
 {
+    /* Mean and variance in double: a 768-wide row summed in float loses
+     * digits the 1e-5 batched-vs-alone tolerance would notice. */
     double s = 0, s2 = 0;
-    for (int j = 0; j < d; j++)
-        s += x[j];
-    double m = s / d;
     for (int j = 0; j < d; j++) {
-        double t = x[j] - m;
-        s2 += t * t;
+        if (residual)
+            x[j] += residual[j];
+        s += x[j];
     }
-    *mean = (float)m;
-    *rstd = (float)(1.0 / sqrt(s2 / d + eps));
+    double m = s / d;
+    for (int j = 0; j < d; j++)
+        s2 += (x[j] - m) * (x[j] - m);
+    float mean = (float)m, rstd = (float)(1.0 / sqrt(s2 / d + eps));
+    for (int j = 0; j < d; j++)
+        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+}
+
+/* ---- spreading row and element work over the pool ----------------------------- */
+
+/* Below this much work a pool hand-off costs more than it saves. */
+#define PAR_MIN_ELEMS 32768
+
+typedef struct ln_task {
+    float *out, *x;
+    const float *residual, *gamma, *beta;
+    int n, d, chunks;
+    float eps;
+} ln_task;
+
+static const eng_ops_impl *ops(void);
+
+static void ln_chunk(void *ctx, int task, int thread)
+{
+    (void)thread;
+    ln_task *t = ctx;
+    int r0 = (int)((long)t->n * task / t->chunks), r1 = (int)((long)t->n * (task + 1) / t->chunks);
+    for (int i = r0; i < r1; i++) {
+        size_t o = (size_t)i * t->d;
+        ops()->layernorm_row(t->out + o, t->x + o, t->residual ? t->residual + o : NULL, t->d,
+                             t->gamma, t->beta, t->eps);
+    }
+}
+
+static int chunks_for(size_t elems)
+{
+    eng_pool *p = eng_pool_default();
+    int threads = p ? eng_pool_size(p) : 1;
+    return elems < PAR_MIN_ELEMS || threads < 2 ? 1 : threads * 4;
+}
+
+static void run_chunks(int chunks, eng_pool_fn fn, void *ctx)
+{
+    eng_pool *p = chunks > 1 ? eng_pool_default() : NULL;
+    if (p)
+        eng_pool_run(p, chunks, fn, ctx);
+    else
+        for (int c = 0; c < chunks; c++)
+            fn(ctx, c, 0);
+}
+
+static void layernorm_rows(float *out, float *x, const float *residual, int n, int d,
+                           const float *gamma, const float *beta, float eps)
+{
+    ln_task t = {out, x, residual, gamma, beta, n, d, 1, eps};
+    t.chunks = chunks_for((size_t)n * d);
+    if (t.chunks > n)
+        t.chunks = n > 0 ? n : 1;
+    run_chunks(t.chunks, ln_chunk, &t);
 }
 
 void eng_layernorm(float *out, const float *x, int n, int d, const float *gamma,
                    const float *beta, float eps)
 {
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * d;
-        float *oi = out + (size_t)i * d;
-        float mean, rstd;
-        row_stats(xi, d, &mean, &rstd, eps);
-        for (int j = 0; j < d; j++)
-            oi[j] = (xi[j] - mean) * rstd * gamma[j] + beta[j];
-    }
+    /* x is only read when there is no residual to fold in. */
+    layernorm_rows(out, (float *)x, NULL, n, d, gamma, beta, eps);
 }
 
 void eng_add_layernorm(float *x, const float *residual, int n, int d, const float *gamma,
                        const float *beta, float eps)
 {
-    eng_add(x, residual, (size_t)n * d);
-    eng_layernorm(x, x, n, d, gamma, beta, eps);
+    layernorm_rows(x, x, residual, n, d, gamma, beta, eps);
 }
 
 void eng_add(float *y, const float *x, size_t n)
@@ -79,7 +129,7 @@ void eng_relu(float *x, size_t n)
 /* ---- dispatch ----------------------------------------------------------------- */
 
 static const eng_ops_impl ref_impl = {"ref", eng_gelu_erf_ref, eng_gelu_tanh_ref, eng_quick_gelu_ref,
-                                      eng_softmax_ref};
+                                      eng_softmax_ref, eng_layernorm_row_ref};
 static const eng_ops_impl *impl = &ref_impl;
 static pthread_once_t impl_once = PTHREAD_ONCE_INIT;
 
@@ -116,19 +166,43 @@ const char *eng_ops_level(void)
     return ops()->level;
 }
 
+typedef struct act_task {
+    void (*fn)(float *x, size_t n);
+    float *x;
+    size_t n;
+    int chunks;
+} act_task;
+
+static void act_chunk(void *ctx, int task, int thread)
+{
+    (void)thread;
+    act_task *t = ctx;
+    /* Chunk edges on 16-float boundaries keep every vector whole. */
+    size_t per = ((t->n + (size_t)t->chunks - 1) / (size_t)t->chunks + 15) & ~(size_t)15;
+    size_t a = per * (size_t)task, b = a + per < t->n ? a + per : t->n;
+    if (a < b)
+        t->fn(t->x + a, b - a);
+}
+
+static void activate(void (*fn)(float *, size_t), float *x, size_t n)
+{
+    act_task t = {fn, x, n, chunks_for(n)};
+    run_chunks(t.chunks, act_chunk, &t);
+}
+
 void eng_gelu_erf(float *x, size_t n)
 {
-    ops()->gelu_erf(x, n);
+    activate(ops()->gelu_erf, x, n);
 }
 
 void eng_gelu_tanh(float *x, size_t n)
 {
-    ops()->gelu_tanh(x, n);
+    activate(ops()->gelu_tanh, x, n);
 }
 
 void eng_quick_gelu(float *x, size_t n)
 {
-    ops()->quick_gelu(x, n);
+    activate(ops()->quick_gelu, x, n);
 }
 
 void eng_softmax(float *x, int n)

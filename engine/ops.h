@@ -38,6 +38,10 @@ void eng_gelu_erf_ref(float *x, size_t n);
 void eng_gelu_tanh_ref(float *x, size_t n);
 void eng_quick_gelu_ref(float *x, size_t n);
 void eng_softmax_ref(float *x, int n);
+/* One row of LayerNorm(x + residual) (residual may be NULL; the sum is
+ * written back to x), the reference of the vectorised rows. */
+void eng_layernorm_row_ref(float *out, float *x, const float *residual, int d, const float *gamma,
+                           const float *beta, float eps);
 
 /* The kernel set in use ("avx512", "avx2", "ref"), and a given one for the
  * tests (NULL when this CPU lacks it). */

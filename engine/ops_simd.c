@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "engine/cpu.h"
+#include "engine/ops.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -141,7 +142,48 @@ __attribute__((target("avx512f"))) static void softmax_512(float *x, int n)
         _mm512_mask_storeu_ps(x + i, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), inv));
 }
 
-static const eng_ops_impl avx512_impl = {"avx512", gelu_erf_512, gelu_tanh_512, quick_gelu_512, softmax_512};
+/* Mean and variance in float over 16 lanes, then a double reduction: two
+ * passes, as the reference, so rows of any width stay within 1e-6. */
+__attribute__((target("avx512f"))) static void layernorm_row_512(float *out, float *x,
+    const float *residual, int d, const float *gamma, const float *beta, float eps)
+{
+    __m512 s = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        if (residual) {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(residual + j));
+            _mm512_storeu_ps(x + j, v);
+        }
+        s = _mm512_add_ps(s, v);
+    }
+    double sum = _mm512_reduce_add_ps(s);
+    for (; j < d; j++) {
+        if (residual)
+            x[j] += residual[j];
+        sum += x[j];
+    }
+    float mean = (float)(sum / d);
+    __m512 m = _mm512_set1_ps(mean), s2 = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= d; j += 16) {
+        __m512 t = _mm512_sub_ps(_mm512_loadu_ps(x + j), m);
+        s2 = _mm512_fmadd_ps(t, t, s2);
+    }
+    double var = _mm512_reduce_add_ps(s2);
+    for (; j < d; j++)
+        var += (double)(x[j] - mean) * (x[j] - mean);
+    float rstd = (float)(1.0 / sqrt(var / d + eps));
+    __m512 r = _mm512_set1_ps(rstd);
+    for (j = 0; j + 16 <= d; j += 16) {
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m), r);
+        _mm512_storeu_ps(out + j, _mm512_fmadd_ps(t, _mm512_loadu_ps(gamma + j), _mm512_loadu_ps(beta + j)));
+    }
+    for (; j < d; j++)
+        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+}
+
+static const eng_ops_impl avx512_impl = {"avx512", gelu_erf_512, gelu_tanh_512, quick_gelu_512,
+                                         softmax_512, layernorm_row_512};
 
 const eng_ops_impl *eng_ops_avx512(void)
 {
@@ -256,7 +298,8 @@ AVX2 static void softmax_256(float *x, int n)
         x[i] *= inv;
 }
 
-static const eng_ops_impl avx2_impl = {"avx2", gelu_erf_256, gelu_tanh_256, quick_gelu_256, softmax_256};
+static const eng_ops_impl avx2_impl = {"avx2", gelu_erf_256, gelu_tanh_256, quick_gelu_256,
+                                       softmax_256, eng_layernorm_row_ref};
 
 const eng_ops_impl *eng_ops_avx2(void)
 {

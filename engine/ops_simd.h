@@ -17,6 +17,10 @@ typedef struct eng_ops_impl {
     void (*gelu_tanh)(float *x, size_t n);
     void (*quick_gelu)(float *x, size_t n);
     void (*softmax)(float *x, int n);
+    /* One row: out = LayerNorm(x + residual) * gamma + beta, residual may be
+     * NULL and out may equal x; x + residual is also written back to x. */
+    void (*layernorm_row)(float *out, float *x, const float *residual, int d, const float *gamma,
+                          const float *beta, float eps);
 } eng_ops_impl;
 
 /* NULL when the build or the CPU lacks the level. */

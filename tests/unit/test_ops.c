@@ -84,3 +84,31 @@ TEST(ops_reference_values)
     CHECK_NEAR(x[2], -0.15865525393145707, 1e-6);
     CHECK_NEAR(x[3], 2.995950330717207, 1e-6);
 }
+
+TEST(ops_simd_layernorm_matches_reference)
+{
+    static const int widths[] = {1, 7, 16, 33, 768, 1000};
+    for (size_t l = 0; l < sizeof levels / sizeof *levels; l++) {
+        const eng_ops_impl *impl = (const eng_ops_impl *)eng_ops_for_level(levels[l]);
+        if (!impl)
+            continue;
+        for (size_t w = 0; w < sizeof widths / sizeof *widths; w++) {
+            int d = widths[w];
+            float *x1 = malloc((size_t)d * 4), *x2 = malloc((size_t)d * 4), *res = malloc((size_t)d * 4);
+            float *g = malloc((size_t)d * 4), *b = malloc((size_t)d * 4);
+            float *o1 = malloc((size_t)d * 4), *o2 = malloc((size_t)d * 4);
+            fill(x1, (size_t)d, 3u + (unsigned)d);
+            fill(res, (size_t)d, 5u + (unsigned)d);
+            fill(g, (size_t)d, 7u), fill(b, (size_t)d, 9u);
+            for (int i = 0; i < d; i++)
+                x1[i] = x1[i] * 0.1f + 3.0f, x2[i] = x1[i], res[i] *= 0.1f;
+            impl->layernorm_row(o1, x1, res, d, g, b, 1e-5f);
+            eng_layernorm_row_ref(o2, x2, res, d, g, b, 1e-5f);
+            for (int i = 0; i < d; i++) {
+                CHECK_NEAR(x1[i], x2[i], 0); /* the residual sum is exact */
+                CHECK_NEAR(o1[i], o2[i], 1e-5 * fmax(1.0, fabs(o2[i])));
+            }
+            free(x1), free(x2), free(res), free(g), free(b), free(o1), free(o2);
+        }
+    }
+}

@@ -1,0 +1,294 @@
+/* AVX-512 kernels: the avx512 level (F/BW/DQ/VL, int8 through vpmaddwd) and
+ * the avx512vnni level (int8 through vpdpbusd). Both share the quantiser and
+ * the FP16/BF16 kernels. Every function carries its own target attribute, so
+ * this file builds without -mavx512* and the binary runs on any x86-64; the
+ * dispatcher calls these only on CPUs that have the features.
+ *
+ * Each kernel gives the reference's result bit for bit (engine/kernels.h). */
+#include "engine/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <string.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,f16c")))
+#define T512VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+enum { MR_VNNI = 6, MR_MADD = 3, MR_HALF = 6 };
+
+static inline uint32_t load_u32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Lanes of y a 16-channel vector starting at channel o0 may write. */
+static inline __mmask16 out_mask(int out, int o0)
+{
+    return out - o0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (out - o0)) - 1);
+}
+
+/* ---- Activation quantiser ---------------------------------------------------- */
+
+/* minps/maxps with the running value second skip NaN as the reference does;
+ * masked-off tail lanes load 0, which cannot move a range that includes 0. */
+T512 static void quant_row512(const float *x, int in, uint8_t *q, int kp, float *sx, int32_t *zp)
+{
+    __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+    for (int k = 0; k < in; k += 16) {
+        __mmask16 mk = out_mask(in, k);
+        __m512 v = _mm512_maskz_loadu_ps(mk, x + k);
+        vmn = _mm512_min_ps(v, vmn);
+        vmx = _mm512_max_ps(v, vmx);
+    }
+    float inv;
+    eng_i8_row_params(_mm512_reduce_min_ps(vmn), _mm512_reduce_max_ps(vmx), sx, &inv, zp);
+    __m512 vinv = _mm512_set1_ps(inv);
+    __m512i vzp = _mm512_set1_epi32(*zp), lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+    for (int k = 0; k < in; k += 16) {
+        __mmask16 mk = out_mask(in, k);
+        __m512 v = _mm512_maskz_loadu_ps(mk, x + k);
+        __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzp);
+        r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, mk, r);
+    }
+    memset(q + in, 0, (size_t)(kp - in));
+}
+
+T512 static void quant512(const float *x, int in, int m0, int m1, uint8_t *q, int kp, float *sx,
+                          int32_t *zp)
+{
+    for (int m = m0; m < m1; m++)
+        quant_row512(x + (size_t)m * in, in, q + (size_t)m * kp, kp, sx + m, zp + m);
+}
+
+/* ---- INT8 epilogue ------------------------------------------------------------ */
+
+/* Writes y[m][o0..o0+15] from the int32 sums acc, as eng_i8_out. */
+T512 INLINE void i8_store512(const eng_wpack *w, const eng_act *x, int m, int o0, __m512i acc,
+                             float *y)
+{
+    if (o0 >= w->out)
+        return;
+    __m512i corr = _mm512_mullo_epi32(_mm512_set1_epi32(x->zp[m]), _mm512_load_si512(w->wsum + o0));
+    __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, corr));
+    v = _mm512_mul_ps(v, _mm512_set1_ps(x->sx[m]));
+    v = _mm512_mul_ps(v, _mm512_load_ps(w->scale + o0));
+    v = _mm512_add_ps(v, _mm512_load_ps(w->bias + o0));
+    _mm512_mask_storeu_ps(y + (size_t)m * w->out + o0, out_mask(w->out, o0), v);
+}
+
+/* ---- INT8 with vpdpbusd --------------------------------------------------------- */
+
+/* A micro-tile: rows m..m+mr-1 times the 64 channels of panel p. Per group of
+ * 4 k: four 64-byte loads of weights, one broadcast of 4 activation bytes per
+ * row, 4 * mr vpdpbusd. mr is a constant at every call site, so acc lives in
+ * registers (24 of the 32 zmm at mr = 6). */
+T512VNNI INLINE void i8_tile_vnni(const eng_wpack *w, const eng_act *x, int m, int mr, int p,
+                                  float *y)
+{
+    const int groups = w->kp / 4;
+    const int8_t *wp = (const int8_t *)w->w + (size_t)p * groups * ENG_KP_NR * 4;
+    const uint8_t *q = x->q + (size_t)m * x->ldq;
+    __m512i acc[MR_VNNI][4];
+    #pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++)
+            acc[i][j] = _mm512_setzero_si512();
+    for (int g = 0; g < groups; g++, wp += ENG_KP_NR * 4) {
+        __m512i b0 = _mm512_load_si512(wp), b1 = _mm512_load_si512(wp + 64);
+        __m512i b2 = _mm512_load_si512(wp + 128), b3 = _mm512_load_si512(wp + 192);
+        #pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            __m512i a = _mm512_set1_epi32((int)load_u32(q + (size_t)i * x->ldq + 4 * g));
+            acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], a, b0);
+            acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], a, b1);
+            acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], a, b2);
+            acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], a, b3);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++)
+            i8_store512(w, x, m + i, p * ENG_KP_NR + 16 * j, acc[i][j], y);
+}
+
+T512VNNI static void i8_gemm_avx512vnni(const eng_wpack *w, const eng_act *x, int m0, int m1,
+                                        int p0, int p1, float *y)
+{
+    for (int p = p0; p < p1; p++) {
+        for (int m = m0; m < m1; m += MR_VNNI) {
+            switch (m1 - m) {
+            case 1: i8_tile_vnni(w, x, m, 1, p, y); break;
+            case 2: i8_tile_vnni(w, x, m, 2, p, y); break;
+            case 3: i8_tile_vnni(w, x, m, 3, p, y); break;
+            case 4: i8_tile_vnni(w, x, m, 4, p, y); break;
+            case 5: i8_tile_vnni(w, x, m, 5, p, y); break;
+            default: i8_tile_vnni(w, x, m, 6, p, y); break;
+            }
+        }
+    }
+}
+
+/* ---- INT8 with vpmaddwd (AVX-512 without VNNI) -------------------------------------
+ *
+ * vpmaddubsw would saturate its int16 pair sums (2 * 255 * 127 > 32767), so
+ * weights and activations are widened to int16 and vpmaddwd sums pairs into
+ * int32 exactly. A 32-byte piece of a group (8 channels x 4 k) widens to one
+ * zmm; times the row's 4 activations repeated, it gives 16 int32 lanes, two
+ * per channel (k0k1, k2k3), added pairwise at the end. */
+
+/* Sums lane pairs of a (channels 0-7) and b (channels 8-15): 16 channel sums. */
+T512 INLINE __m512i pair_sum512(__m512i a, __m512i b)
+{
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    return _mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b),
+                            _mm512_permutex2var_epi32(a, odd, b));
+}
+
+T512 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int mr, int p, float *y)
+{
+    const int groups = w->kp / 4;
+    const int8_t *wp = (const int8_t *)w->w + (size_t)p * groups * ENG_KP_NR * 4;
+    const uint8_t *q = x->q + (size_t)m * x->ldq;
+    __m512i acc[MR_MADD][8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+        #pragma GCC unroll 8
+        for (int e = 0; e < 8; e++)
+            acc[i][e] = _mm512_setzero_si512();
+    for (int g = 0; g < groups; g++, wp += ENG_KP_NR * 4) {
+        __m512i a[MR_MADD];
+        #pragma GCC unroll 8
+        for (int i = 0; i < mr; i++)
+            a[i] = _mm512_cvtepu8_epi16(
+                _mm256_set1_epi32((int)load_u32(q + (size_t)i * x->ldq + 4 * g)));
+#pragma GCC unroll 8
+        for (int e = 0; e < 8; e++) {
+            __m512i b = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(wp + 32 * e)));
+            #pragma GCC unroll 8
+            for (int i = 0; i < mr; i++)
+                acc[i][e] = _mm512_add_epi32(acc[i][e], _mm512_madd_epi16(b, a[i]));
+        }
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++)
+            i8_store512(w, x, m + i, p * ENG_KP_NR + 16 * j,
+                        pair_sum512(acc[i][2 * j], acc[i][2 * j + 1]), y);
+}
+
+T512 static void i8_gemm_avx512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
+                                int p1, float *y)
+{
+    for (int p = p0; p < p1; p++) {
+        for (int m = m0; m < m1; m += MR_MADD) {
+            switch (m1 - m) {
+            case 1: i8_tile_madd(w, x, m, 1, p, y); break;
+            case 2: i8_tile_madd(w, x, m, 2, p, y); break;
+            default: i8_tile_madd(w, x, m, 3, p, y); break;
+            }
+        }
+    }
+}
+
+/* ---- FP16 and BF16 ----------------------------------------------------------------
+ *
+ * The weights of one k step (64 halves, 128 bytes) widen exactly to four
+ * float vectors, F16 through vcvtph2ps and BF16 by a 16-bit shift; each lane
+ * then runs the reference's fma chain over k ascending. */
+
+T512 INLINE __m512 half_load512(const uint16_t *p, int bf16)
+{
+    __m256i h = _mm256_load_si256((const __m256i *)p);
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+T512 INLINE void half_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int p, int bf16,
+                              float *y)
+{
+    const int in = w->in;
+    const uint16_t *wp = (const uint16_t *)w->w + (size_t)p * in * ENG_KP_NR;
+    const float *xr = x->x + (size_t)m * in;
+    __m512 acc[MR_HALF][4];
+    #pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int k = 0; k < in; k++, wp += ENG_KP_NR) {
+        __m512 b0 = half_load512(wp, bf16), b1 = half_load512(wp + 16, bf16);
+        __m512 b2 = half_load512(wp + 32, bf16), b3 = half_load512(wp + 48, bf16);
+        #pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            __m512 a = _mm512_set1_ps(xr[(size_t)i * in + k]);
+            acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(a, b2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(a, b3, acc[i][3]);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < mr; i++) {
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++) {
+            int o0 = p * ENG_KP_NR + 16 * j;
+            if (o0 >= w->out)
+                break;
+            __m512 v = _mm512_add_ps(acc[i][j], _mm512_load_ps(w->bias + o0));
+            _mm512_mask_storeu_ps(y + (size_t)(m + i) * w->out + o0, out_mask(w->out, o0), v);
+        }
+    }
+}
+
+T512 INLINE void half_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
+                              int bf16, float *y)
+{
+    for (int p = p0; p < p1; p++) {
+        for (int m = m0; m < m1; m += MR_HALF) {
+            switch (m1 - m) {
+            case 1: half_tile512(w, x, m, 1, p, bf16, y); break;
+            case 2: half_tile512(w, x, m, 2, p, bf16, y); break;
+            case 3: half_tile512(w, x, m, 3, p, bf16, y); break;
+            case 4: half_tile512(w, x, m, 4, p, bf16, y); break;
+            case 5: half_tile512(w, x, m, 5, p, bf16, y); break;
+            default: half_tile512(w, x, m, 6, p, bf16, y); break;
+            }
+        }
+    }
+}
+
+T512 static void f16_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
+                             float *y)
+{
+    half_gemm512(w, x, m0, m1, p0, p1, 0, y);
+}
+
+T512 static void bf16_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
+                              float *y)
+{
+    half_gemm512(w, x, m0, m1, p0, p1, 1, y);
+}
+
+const eng_kernels eng_kernels_avx512 = {
+    .name = "avx512",
+    .quant = quant512,
+    .gemm = {[ENG_I8] = i8_gemm_avx512, [ENG_F16] = f16_gemm512, [ENG_BF16] = bf16_gemm512},
+};
+
+const eng_kernels eng_kernels_avx512vnni = {
+    .name = "avx512vnni",
+    .quant = quant512,
+    .gemm = {[ENG_I8] = i8_gemm_avx512vnni, [ENG_F16] = f16_gemm512, [ENG_BF16] = bf16_gemm512},
+};
+
+#endif
