@@ -1,5 +1,7 @@
 #include "engine/weights.h"
 
+#include "engine/linear.h"
+
 #include <stdarg.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -38,6 +40,21 @@ void eng_weights_release(eng_weights *w, const float *data, size_t n_floats)
     uintptr_t end = ((uintptr_t)(data + n_floats)) & ~(page - 1);
     if (end > begin)
         madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
+int eng_weights_convert_linear(eng_weights *w, eng_linear *l, eng_dtype to, int keep_source,
+                               eng_err *err)
+{
+    if (to == ENG_F32)
+        return 0;
+    const float *wt = l->w, *b = l->b;
+    int rc = eng_linear_convert(l, to, err);
+    if (rc || keep_source)
+        return rc;
+    eng_weights_release(w, wt, (size_t)l->in * l->out);
+    if (b)
+        eng_weights_release(w, b, (size_t)l->out);
+    return 0;
 }
 
 int eng_weights_has(const eng_weights *w, const char *name)

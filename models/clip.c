@@ -245,9 +245,20 @@ static int clip_embed_image(const model *m, const float *pixels, int n, eng_aren
 
 /* ---- loading ---------------------------------------------------------------------- */
 
+static eng_linear *block_linear(clip_tower *t, int i)
+{
+    clip_layer *L = &t->layers[i / 6];
+    eng_linear *all[6] = {&L->q, &L->k, &L->v, &L->out, &L->fc1, &L->fc2};
+    return all[i % 6];
+}
+
 static void clip_free(model *m)
 {
     clip *c = (clip *)m;
+    for (int i = 0; c->text.layers && i < 6 * c->text.n_layers; i++)
+        eng_linear_free(block_linear(&c->text, i));
+    for (int i = 0; c->vision.layers && i < 6 * c->vision.n_layers; i++)
+        eng_linear_free(block_linear(&c->vision, i));
     free(c->text.layers);
     free(c->vision.layers);
     eng_weights_close(&c->weights);
@@ -296,6 +307,10 @@ static void read_config(clip *c, eng_config *cfg)
         eng_config_int_or(cfg, "vision_config.num_channels", 3) != 3)
         eng_config_fail(cfg, "vision_config: image_size must be a multiple of patch_size, with 3 channels");
     c->grid = c->patch > 0 ? c->base.image_size / c->patch : 0;
+    if (c->grid < 0 || c->grid > 46340) { /* grid * grid + 1 must fit in an int */
+        eng_config_fail(cfg, "vision_config: image_size / patch_size must be 0..46340");
+        c->grid = 0;
+    }
     read_tower_config(cfg, "vision_config", &c->vision, c->grid * c->grid + 1);
     c->vision.max_pos = c->grid * c->grid + 1;
 }
@@ -359,10 +374,21 @@ static int load_weights(clip *c, eng_err *err)
     return rc;
 }
 
+static int convert(clip *c, eng_dtype dtype, eng_err *err)
+{
+    clip_tower *towers[2] = {&c->text, &c->vision};
+    int rc = 0;
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; !rc && i < 6 * towers[t]->n_layers; i++)
+            rc = eng_weights_convert_linear(&c->weights, block_linear(towers[t], i), dtype, 0, err);
+    if (!rc)
+        c->base.dtype = dtype;
+    return rc;
+}
+
 int clip_load(const char *dir, eng_config *cfg, const model_load_opts *opts, model **out,
               eng_err *err)
 {
-    (void)opts;
     clip *c = calloc(1, sizeof *c);
     if (!c)
         return eng_err_set(err, ENG_ENOMEM, "%s: out of memory", dir);
@@ -375,6 +401,8 @@ int clip_load(const char *dir, eng_config *cfg, const model_load_opts *opts, mod
         rc = eng_weights_open(&c->weights, dir, err);
     if (!rc)
         rc = load_weights(c, err);
+    if (!rc)
+        rc = convert(c, opts->dtype, err);
     if (!rc)
         rc = tok_bpe_load(dir, TOK_BPE_CLIP, &c->base.tok, err);
     if (!rc)

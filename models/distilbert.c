@@ -37,9 +37,19 @@ typedef struct distilbert {
     eng_linear classifier;                   /* (n_labels, dim) */
 } distilbert;
 
+/* The transformer blocks' projections: what --dtype converts. */
+static eng_linear *block_linear(distilbert *d, int i)
+{
+    distilbert_layer *L = &d->layers[i / 6];
+    eng_linear *all[6] = {&L->q, &L->k, &L->v, &L->out, &L->ffn_in, &L->ffn_out};
+    return all[i % 6];
+}
+
 static void distilbert_free(model *m)
 {
     distilbert *d = (distilbert *)m;
+    for (int i = 0; d->layers && i < 6 * d->n_layers; i++)
+        eng_linear_free(block_linear(d, i));
     free(d->layers);
     eng_weights_close(&d->weights);
     model_base_free(m);
@@ -220,10 +230,20 @@ static int load_weights(distilbert *d, eng_err *err)
     return eng_weights_check(w, err);
 }
 
+static int convert(distilbert *d, eng_dtype dtype, eng_err *err)
+{
+    for (int i = 0; i < 6 * d->n_layers; i++) {
+        int rc = eng_weights_convert_linear(&d->weights, block_linear(d, i), dtype, 0, err);
+        if (rc)
+            return rc;
+    }
+    d->base.dtype = dtype;
+    return 0;
+}
+
 int distilbert_load(const char *dir, eng_config *cfg, const model_load_opts *opts, model **out,
                     eng_err *err)
 {
-    (void)opts;
     distilbert *d = calloc(1, sizeof *d);
     if (!d)
         return eng_err_set(err, ENG_ENOMEM, "%s: out of memory", dir);
@@ -242,6 +262,8 @@ int distilbert_load(const char *dir, eng_config *cfg, const model_load_opts *opt
         rc = eng_weights_open(&d->weights, dir, err);
     if (!rc)
         rc = load_weights(d, err);
+    if (!rc)
+        rc = convert(d, opts->dtype, err);
     if (!rc)
         rc = tok_wordpiece_load(dir, &d->base.tok, err);
     if (rc) {

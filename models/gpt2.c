@@ -73,9 +73,19 @@ static size_t gpt2_scratch_size(const model *m, int max_tokens, int max_len)
            + eng_arena_floats_size(T * g->dim);    /* last rows */
 }
 
+static eng_linear *block_linear(gpt2 *g, int i)
+{
+    gpt2_layer *L = &g->layers[i / 4];
+    eng_linear *all[4] = {&L->qkv, &L->attn_out, &L->mlp_in, &L->mlp_out};
+    return all[i % 4];
+}
+
 static void gpt2_free(model *m)
 {
     gpt2 *g = (gpt2 *)m;
+    for (int i = 0; g->layers && i < 4 * g->n_layers; i++)
+        eng_linear_free(block_linear(g, i));
+    eng_linear_free(&g->lm_head);
     free(g->layers);
     eng_weights_close(&g->weights);
     model_base_free(m);
@@ -316,10 +326,23 @@ static int load_weights(gpt2 *g, eng_config *cfg, eng_err *err)
     return eng_weights_check(w, err);
 }
 
+/* The blocks' projections and the LM head, whose weights stay (they are
+ * the token embeddings too). */
+static int convert(gpt2 *g, eng_dtype dtype, eng_err *err)
+{
+    int rc = 0;
+    for (int i = 0; !rc && i < 4 * g->n_layers; i++)
+        rc = eng_weights_convert_linear(&g->weights, block_linear(g, i), dtype, 0, err);
+    if (!rc)
+        rc = eng_weights_convert_linear(&g->weights, &g->lm_head, dtype, g->lm_head.w == g->wte, err);
+    if (!rc)
+        g->base.dtype = dtype;
+    return rc;
+}
+
 int gpt2_load(const char *dir, eng_config *cfg, const model_load_opts *opts, model **out,
               eng_err *err)
 {
-    (void)opts;
     gpt2 *g = calloc(1, sizeof *g);
     if (!g)
         return eng_err_set(err, ENG_ENOMEM, "%s: out of memory", dir);
@@ -336,6 +359,8 @@ int gpt2_load(const char *dir, eng_config *cfg, const model_load_opts *opts, mod
         rc = eng_weights_open(&g->weights, dir, err);
     if (!rc)
         rc = load_weights(g, cfg, err);
+    if (!rc)
+        rc = convert(g, opts->dtype, err);
     if (!rc)
         rc = tok_bpe_load(dir, TOK_BPE_GPT2, &g->base.tok, err);
     if (rc) {

@@ -36,13 +36,12 @@ void img_resize_geometry(uint32_t w, uint32_t h, const img_preproc_cfg *cfg, uin
         /* transformers: int(size * long / short), a correctly rounded float
          * division truncated, which is what the C below computes too. */
         uint32_t s = cfg->shortest_edge;
-        if (w <= h) {
-            *rw = s;
-            *rh = (uint32_t)((double)((uint64_t)s * h) / (double)w);
-        } else {
-            *rh = s;
-            *rw = (uint32_t)((double)((uint64_t)s * w) / (double)h);
-        }
+        double long_side = w <= h ? (double)((uint64_t)s * h) / (double)w
+                                  : (double)((uint64_t)s * w) / (double)h;
+        /* Saturated: past 2^32 the cast is undefined; the caller refuses the size. */
+        uint32_t l = long_side < 4294967296.0 ? (uint32_t)long_side : UINT32_MAX;
+        *rw = w <= h ? s : l;
+        *rh = w <= h ? l : s;
     } else if (cfg->do_resize) {
         *rw = cfg->size_w;
         *rh = cfg->size_h;

@@ -60,6 +60,10 @@ int model_load(const char *dir, const model_load_opts *opts, model **out, eng_er
                          "%s: architecture \"%s\" is not supported; predictd serves "
                          "DistilBertForSequenceClassification, GPT2LMHeadModel and CLIPModel",
                          path, arch ? arch : eng_config_str_or(cfg, "model_type", "(none)"));
+    } else if (opts && opts->dtype != ENG_F32 && opts->dtype != ENG_F16 &&
+               opts->dtype != ENG_BF16 && opts->dtype != ENG_I8) {
+        rc = eng_err_set(err, ENG_EUNSUPPORTED, "%s: weights can be held as f32, f16, bf16 or "
+                         "int8, not %s", dir, eng_dtypes[opts->dtype].name);
     } else {
         model_load_opts dflt = {.dtype = ENG_F32};
         rc = load(dir, cfg, opts ? opts : &dflt, out, err);

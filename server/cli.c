@@ -11,7 +11,7 @@
 #include "server/tokenize.h"
 
 static const char predict_usage[] =
-    "usage: predictd predict --model DIR (--text TEXT | --json BODY) [--dtype f32]\n"
+    "usage: predictd predict --model DIR (--text TEXT | --json BODY) [--dtype f32|f16|bf16|int8]\n"
     "Prints what POST /predict answers: --text as ?text=TEXT, --json as a JSON body.\n";
 
 static const char tokenize_usage[] = "usage: predictd tokenize --model DIR TEXT\n"
@@ -22,10 +22,11 @@ static int load(const char *dir, const char *dtype_name, model **m)
     model_load_opts opts = {.dtype = ENG_F32};
     if (dtype_name) {
         int dt = eng_dtype_from_name(dtype_name);
-        if (dt != ENG_F32) {
-            fprintf(stderr, "predictd: --dtype %s: this build runs f32 only\n", dtype_name);
+        if (dt != ENG_F32 && dt != ENG_F16 && dt != ENG_BF16 && dt != ENG_I8) {
+            fprintf(stderr, "predictd: --dtype %s: use f32, f16, bf16 or int8\n", dtype_name);
             return 2;
         }
+        opts.dtype = (eng_dtype)dt;
     }
     eng_err err = {0};
     if (model_load(dir, &opts, m, &err)) {

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/linear.h"
 #include "server/classify.h"
 #include "server/clip_task.h"
 #include "server/docs.h"
@@ -246,7 +247,8 @@ static void write_model(srv_server *s, size_t i, srv_buf *b)
     if (m && s->state != SRV_STATE_LOADING) {
         srv_buf_printf(b, ",\"task\":\"%s\",\"architecture\":", model_task_name(m->task));
         srv_json_cstr(b, m->architecture);
-        srv_buf_printf(b, ",\"dtype\":\"%s\",\"max_input_tokens\":%d", eng_dtypes[m->dtype].name,
+        srv_buf_printf(b, ",\"dtype\":\"%s\",\"kernels\":\"%s\",\"max_input_tokens\":%d",
+                       eng_dtypes[m->dtype].name, m->dtype == ENG_F32 ? "openblas" : eng_kernel_level(),
                        m->max_positions);
     }
     srv_buf_puts(b, "}");

@@ -6,6 +6,8 @@
 
 #include "engine/blas.h"
 #include "engine/cpu.h"
+#include "engine/linear.h"
+#include "engine/pool.h"
 #include "server/handlers.h"
 #include "server/log.h"
 #include "server/notify.h"
@@ -297,7 +299,7 @@ static int start(srv_server *s, eng_err *err)
     int rc = srv_auth_init(&s->auth, s->opts, err);
     if (rc)
         return rc;
-    rc = srv_metrics_new(PREDICTD_VERSION, eng_blas_corename(), "f32-openblas", &s->metrics);
+    rc = srv_metrics_new(PREDICTD_VERSION, eng_blas_corename(), eng_kernel_level(), &s->metrics);
     if (rc)
         return eng_err_set(err, rc, "out of memory");
     srv_http_cfg hc = {.host = s->opts->host, .port = s->opts->port,
@@ -322,8 +324,12 @@ int srv_server_run(const srv_options *opts)
     memset(&s, 0, sizeof s);
     s.opts = opts;
     s.state = SRV_STATE_LOADING;
-    /* OpenBLAS counts the host's cores; a container's CPU quota is ours. */
-    eng_blas_set_threads(opts->threads > 0 ? opts->threads : eng_cpu_count());
+    /* OpenBLAS counts the host's cores; a container's CPU quota is ours. Our
+     * kernels' pool gets the same count: the two run in turn, never together. */
+    int threads = opts->threads > 0 ? opts->threads : eng_cpu_count();
+    eng_blas_set_threads(threads);
+    eng_pool_set_threads(threads);
+    srv_info("kernels: %s%s%s", eng_kernel_level(), *eng_kernel_note() ? "; " : "", eng_kernel_note());
     eng_err err = {0};
     init_loop(&s);
     if (start(&s, &err)) {
