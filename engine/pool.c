@@ -124,6 +124,12 @@ static void *worker_main(void *arg)
  * and wakes sleeping workers; returns the generation. */
 static uint32_t publish(eng_pool *p, int n_tasks, eng_pool_fn fn, void *ctx)
 {
+    /* Close the previous run first: a worker still leaving run_tasks may hold
+     * that run's ticket and read the new n_tasks below; once the ticket has
+     * moved its compare-and-swap fails, so it cannot start a task of the new
+     * run under an old index (and outlive the caller's ctx). */
+    uint32_t prev = generation(p);
+    atomic_store_explicit(&p->ticket, ((uint64_t)prev << 32) | 0xffffffffu, memory_order_release);
     p->fn = fn;
     p->ctx = ctx;
     atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
