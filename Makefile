@@ -37,7 +37,7 @@ MAIN_OBJ := $(BUILD)/obj/server/main.o
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/%)
 
-.PHONY: all deps run test unit-test http-test test-deploy test-scale soak soak-test asan asan-test bench install clean
+.PHONY: all deps run test unit-test http-test test-deploy test-scale soak soak-test fuzz fuzz-smoke asan asan-test bench install clean
 
 all: $(BUILD)/predictd $(BUILD)/unit_tests
 
@@ -95,6 +95,16 @@ soak-test: $(BUILD)/predictd
 soak: $(BUILD)/predictd
 	tests/soak/run.sh $(BUILD)/predictd 600 128
 
+# libFuzzer targets (tests/fuzz), built with clang into build-fuzz/; each runs
+# from its seed corpus and the run closes with `N passed, N failed`.
+FUZZ_SECONDS ?= 600
+
+fuzz-smoke:
+	FUZZ_JOBS=$$(nproc) tests/fuzz/run.sh 20
+
+fuzz:
+	FUZZ_JOBS=$$(nproc) tests/fuzz/run.sh $(FUZZ_SECONDS)
+
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit-test
@@ -102,11 +112,13 @@ test: deps
 	@$(MAKE) --no-print-directory test-deploy
 	@$(MAKE) --no-print-directory soak-test
 	@$(MAKE) --no-print-directory asan-test
+	@$(MAKE) --no-print-directory fuzz-smoke
 
-ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer \
+              -fno-sanitize-recover=undefined,float-cast-overflow
 
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined,float-cast-overflow" all
 
 # OpenBLAS's own threads trip LeakSanitizer's thread bookkeeping at exit, not leaks of ours.
 asan-test: asan
@@ -128,6 +140,6 @@ install: $(BUILD)/predictd $(BUILD)/predictd.8
 	install -m 644 config/predictd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/predictd.service
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(BENCH_SRC:%.c=$(BUILD)/obj/%.d)

@@ -125,12 +125,18 @@ static int check_overlaps(const char *path, eng_st_tensor *ts, size_t n, eng_err
     for (size_t i = 0; i < n; i++)
         order[i] = &ts[i];
     qsort(order, n, sizeof *order, cmp_by_data);
+    /* Against the furthest end seen so far, not just the previous span: an
+     * empty tensor between two overlapping ones must not hide the overlap. */
     int rc = 0;
+    const eng_st_tensor *far = order[0];
     for (size_t i = 1; i < n && !rc; i++) {
-        const char *prev_end = (const char *)order[i - 1]->data + order[i - 1]->nbytes;
-        if (order[i]->nbytes && (const char *)order[i]->data < prev_end)
-            rc = eng_err_set(err, ENG_EFORMAT, "%s: tensors %s and %s overlap", path,
-                             order[i - 1]->name, order[i]->name);
+        const char *far_end = (const char *)far->data + far->nbytes;
+        const char *end = (const char *)order[i]->data + order[i]->nbytes;
+        if (order[i]->nbytes && (const char *)order[i]->data < far_end)
+            rc = eng_err_set(err, ENG_EFORMAT, "%s: tensors %s and %s overlap", path, far->name,
+                             order[i]->name);
+        if (end > far_end)
+            far = order[i];
     }
     free(order);
     return rc;

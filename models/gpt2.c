@@ -363,6 +363,10 @@ int gpt2_load(const char *dir, eng_config *cfg, const model_load_opts *opts, mod
         rc = convert(g, opts->dtype, err);
     if (!rc)
         rc = tok_bpe_load(dir, TOK_BPE_GPT2, &g->base.tok, err);
+    if (!rc && (g->base.eos_id >= g->vocab || (int)g->base.tok->vocab_size > g->vocab))
+        rc = eng_err_set(err, ENG_EFORMAT, "%s: eos_token_id %d or the tokenizer's %zu tokens do "
+                         "not fit the model's vocabulary of %d", dir, g->base.eos_id,
+                         g->base.tok->vocab_size, g->vocab);
     if (rc) {
         gpt2_free(&g->base);
         return rc;

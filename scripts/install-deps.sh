@@ -7,7 +7,12 @@ set -eu
 # and wrk the scale-out test; python3-yaml reads the deployment manifests.
 need="make gcc pkg-config libmicrohttpd-dev libjansson-dev libopenblas-dev libuv1-dev
 libutf8proc-dev libpng-dev libjpeg62-turbo-dev
-python3 python3-yaml curl nginx wrk"
+python3 python3-yaml curl nginx wrk clang"
+# libFuzzer's runtime (make fuzz-smoke): its own package on Debian 12, part of
+# clang's on older Ubuntu.
+if apt-cache show libclang-rt-dev > /dev/null 2>&1; then
+    need="$need libclang-rt-dev"
+fi
 
 missing=""
 for p in $need; do

@@ -86,7 +86,8 @@ static uint64_t random_seed(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     static _Atomic uint64_t counter;
-    return ((uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull) ^ (uint64_t)ts.tv_sec ^ (counter++ << 32);
+    /* 63 bits: the seed is reported back in JSON, whose integers clients read as int64. */
+    return (((uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull) ^ (uint64_t)ts.tv_sec ^ (counter++ << 32)) >> 1;
 }
 
 /* The decoding parameters every form shares, by their common names. */
@@ -366,7 +367,7 @@ int srv_gen_parse(const model *m, srv_gen_form form, const srv_request *in, srv_
     if (!(form == SRV_GEN_PIPELINE && in->query_text)) {
         bool blank = true;
         for (size_t i = 0; i < in->body_len && blank; i++)
-            blank = strchr(" \t\r\n", in->body[i]) != NULL;
+            blank = in->body[i] && strchr(" \t\r\n", in->body[i]) != NULL;
         if (blank && form == SRV_GEN_PIPELINE) {
             srv_reply_invalid(err, "missing", "query", "text", "Field required", NULL);
             return -1;

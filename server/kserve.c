@@ -144,11 +144,13 @@ static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
                            const char **texts, const size_t *lens, size_t n)
 {
     srv_request in = {.limits = &s->limits};
+    if (n > s->limits.max_client_batch) {
+        v2_error(c, 400, "at most %zu texts per request", s->limits.max_client_batch);
+        return;
+    }
     srv_job *job = calloc(1, sizeof *job);
-    if (!job || n > s->limits.max_client_batch) {
-        free(job);
-        v2_error(c, job ? 400 : 503, job ? "at most %zu texts per request" : "out of memory",
-                 s->limits.max_client_batch);
+    if (!job) {
+        v2_error(c, 503, "out of memory");
         return;
     }
     job->worker = w;
