@@ -13,6 +13,13 @@ void eng_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+void eng_sgemv(bool trans, int M, int N, float alpha, const float *A, int lda, const float *x,
+               float beta, float *y)
+{
+    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, M, N, alpha, A, lda, x, 1, beta,
+                y, 1);
+}
+
 const char *eng_blas_corename(void)
 {
     return openblas_get_corename();

@@ -10,6 +10,12 @@
 void eng_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* y (M) = alpha * op(A) x + beta * y, with A stored (M, N) row-major with row
+ * stride lda (trans: y has N elements and op(A) = Aᵀ). One row of input,
+ * no packing of A: decode's matrix-vector products. */
+void eng_sgemv(bool trans, int M, int N, float alpha, const float *A, int lda, const float *x,
+               float beta, float *y);
+
 /* The kernel family OpenBLAS chose ("SkylakeX", "Haswell", "Prescott", ...). */
 const char *eng_blas_corename(void);
 

@@ -315,7 +315,13 @@ static void f32_forward(const eng_linear *l, const eng_kernels *k, const float *
             memcpy(y + (size_t)i * l->out, l->b, (size_t)l->out * sizeof *y);
         beta = 1.0f;
     }
-    if (l->layout == ENG_W_OUT_IN)
+    /* One row (a decode step): a matrix-vector product streams the weights
+     * once, where a GEMM would first copy them into its packed panels. */
+    if (n == 1 && l->layout == ENG_W_OUT_IN)
+        eng_sgemv(false, l->out, l->in, 1.0f, l->w, l->in, x, beta, y);
+    else if (n == 1)
+        eng_sgemv(true, l->in, l->out, 1.0f, l->w, l->out, x, beta, y);
+    else if (l->layout == ENG_W_OUT_IN)
         eng_sgemm(false, true, n, l->out, l->in, 1.0f, x, l->in, l->w, l->in, beta, y, l->out);
     else
         eng_sgemm(false, false, n, l->out, l->in, 1.0f, x, l->in, l->w, l->out, beta, y, l->out);
