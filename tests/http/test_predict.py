@@ -258,7 +258,7 @@ def tokenize_forms(d):
 def models_list(d):
     one = ('{"name":"%s","default":%s,"loaded":true,"task":"text-classification",'
            '"architecture":"DistilBertForSequenceClassification","dtype":"f32",'
-           '"max_input_tokens":512}')
+           '"kernels":"openblas","max_input_tokens":512}')
     expect(d.get("/models"), 200, '{"models":[%s,%s]}' % (one % ("tiny", "true"),
                                                           one % ("demo", "false")))
 
