@@ -5,7 +5,7 @@
  * Reports the OpenBLAS sgemm peak and the memory bandwidth measured in the
  * same run, so the forward's GFLOP/s and the decode's bytes/s can be read as
  * fractions of what this machine reaches. Figure names follow the peers'
- * (../shared/peers) so scripts/bench.py can set them side by side. */
+ * (the peers' benchmark scripts) so scripts/bench_table.py can set them side by side. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
