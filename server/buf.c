@@ -175,3 +175,25 @@ void srv_json_num(srv_buf *b, double v)
             srv_buf_puts(b, "0");
     }
 }
+
+void srv_json_ranked(srv_buf *b, const float *scores, const char *const *labels, size_t n)
+{
+    size_t order[n ? n : 1];
+    for (size_t i = 0; i < n; i++)
+        order[i] = i;
+    for (size_t i = 1; i < n; i++) /* insertion sort: stable, and n is small */
+        for (size_t j = i; j > 0 && scores[order[j]] > scores[order[j - 1]]; j--) {
+            size_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    srv_buf_puts(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        srv_buf_puts(b, i ? ",{\"score\":" : "{\"score\":");
+        srv_json_num(b, scores[order[i]]);
+        srv_buf_puts(b, ",\"label\":");
+        srv_json_cstr(b, labels[order[i]]);
+        srv_buf_puts(b, "}");
+    }
+    srv_buf_puts(b, "]");
+}

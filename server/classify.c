@@ -227,24 +227,7 @@ static void format_top_label(const model *m, const float *scores, srv_buf *b)
 
 static void format_all_labels(const model *m, const float *scores, srv_buf *b)
 {
-    size_t n = m->n_labels, order[n];
-    for (size_t i = 0; i < n; i++)
-        order[i] = i;
-    for (size_t i = 1; i < n; i++) /* insertion sort: stable, and n is small */
-        for (size_t j = i; j > 0 && scores[order[j]] > scores[order[j - 1]]; j--) {
-            size_t t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
-        }
-    srv_buf_puts(b, "[");
-    for (size_t i = 0; i < n; i++) {
-        srv_buf_puts(b, i ? ",{\"score\":" : "{\"score\":");
-        srv_json_num(b, scores[order[i]]);
-        srv_buf_puts(b, ",\"label\":");
-        srv_json_cstr(b, m->labels[order[i]]);
-        srv_buf_puts(b, "}");
-    }
-    srv_buf_puts(b, "]");
+    srv_json_ranked(b, scores, (const char *const *)m->labels, m->n_labels);
 }
 
 /* Open Inference Protocol outputs: "label" (BYTES [n]), "score" (FP32 [n])

@@ -393,32 +393,17 @@ static float similarity(const model *m, const srv_clip_req *req, size_t img, siz
 
 static void format_zero_shot(const model *m, const srv_clip_req *req, srv_buf *b)
 {
-    size_t n = req->n_texts, order[n];
+    size_t n = req->n_texts;
     float p[n], max = -INFINITY, sum = 0;
     for (size_t j = 0; j < n; j++) {
         p[j] = similarity(m, req, 0, j);
         max = p[j] > max ? p[j] : max;
-        order[j] = j;
     }
     for (size_t j = 0; j < n; j++)
         sum += p[j] = expf(p[j] - max);
     for (size_t j = 0; j < n; j++)
         p[j] /= sum;
-    for (size_t i = 1; i < n; i++) /* stable: equal scores keep the labels' order */
-        for (size_t j = i; j > 0 && p[order[j]] > p[order[j - 1]]; j--) {
-            size_t t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
-        }
-    srv_buf_puts(b, "[");
-    for (size_t j = 0; j < n; j++) {
-        srv_buf_puts(b, j ? ",{\"score\":" : "{\"score\":");
-        srv_json_num(b, p[order[j]]);
-        srv_buf_puts(b, ",\"label\":");
-        srv_json_cstr(b, req->labels[order[j]]);
-        srv_buf_puts(b, "}");
-    }
-    srv_buf_puts(b, "]");
+    srv_json_ranked(b, p, (const char *const *)req->labels, n);
 }
 
 static void format_matrix(const model *m, const srv_clip_req *req, bool per_image, srv_buf *b)

@@ -113,9 +113,13 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
         g->early_stopping = GEN_EARLY_NEVER;
     else if (early && !json_is_null(early))
         return bad(err, "early_stopping", "bool_type", "Input should be true, false or \"never\"", early);
-    if (max_new < -1 || max_new > 1000000 || top_k < 0 || top_k > 1000000000 || beams < 0 || beams > 64)
-        return bad(err, max_new < -1 || max_new > 1000000 ? "max_new_tokens" : top_k < 0 || top_k > 1000000000 ? "top_k" : "num_beams",
-                   "value_error", "Value out of range", NULL);
+    /* Bounds that keep the ints meaningful; gen_params_check judges the rest. */
+    if (max_new < -1 || max_new > 1000000)
+        return bad(err, "max_new_tokens", "value_error", "Value out of range", NULL);
+    if (top_k < 0 || top_k > 1000000000)
+        return bad(err, "top_k", "value_error", "Value out of range", NULL);
+    if (beams < 0 || beams > 64)
+        return bad(err, "num_beams", "value_error", "Value out of range", NULL);
     g->max_new_tokens = (int)max_new;
     g->top_k = (int)top_k;
     g->num_beams = (int)beams;
