@@ -1,4 +1,4 @@
-/* The linear layer's own kernels (INT8, FP16, BF16 weights): the packed
+/* The linear layer's own kernels (packed F32, INT8, FP16, BF16 weights): the packed
  * weight layout every level shares, the table of kernels one instruction-set
  * level provides, and the arithmetic every level must reproduce.
  *
@@ -9,7 +9,7 @@
  * Reference first: kernels_ref.c holds the plain C `_ref` version of every
  * kernel. The integer kernels of every level give the reference's result bit
  * for bit (same quantised activations, same int32 sums, same float epilogue);
- * the FP16/BF16 kernels do too, because each output is one chain of fused
+ * the float-weight kernels (F32, FP16, BF16) do too, because each output is one chain of fused
  * multiply-adds over k in ascending order, exactly as the reference's fmaf()
  * loop (see "Error bounds" in linear.h). Both rely on the compiler not
  * contracting a*b+c on its own: -std=c11 makes GCC default to
@@ -41,6 +41,7 @@
  *   I8:       int8  w[n_panels][kp/4][64][4]   four consecutive k of one
  *             channel form the 32-bit lane vpdpbusd multiplies; kp = in
  *             rounded up to 4, padding k are zero.
+ *   F32:      float  w[n_panels][in][64]       one k step = 64 floats (256 B).
  *   F16/BF16: uint16 w[n_panels][in][64]       one k step = 64 halves (128 B).
  *
  * Per channel (n_panels * 64 entries, zero on padding channels):
@@ -54,9 +55,9 @@ enum { ENG_KP_NR = 64 };
 enum { ENG_I8_MAX_IN = 65536 };
 
 typedef struct eng_wpack {
-    eng_dtype dtype;     /* ENG_I8, ENG_F16 or ENG_BF16 */
+    eng_dtype dtype;     /* ENG_F32, ENG_I8, ENG_F16 or ENG_BF16 */
     int in, out;         /* y (n, out) = x (n, in) · Wᵀ + b */
-    int kp;              /* I8: in rounded up to 4; halves: in */
+    int kp;              /* I8: in rounded up to 4; float weights: in */
     int n_panels;        /* ceil(out / 64) */
     const void *w;       /* the panels, as above */
     const float *scale;  /* (n_panels * 64) I8 only, else NULL */
@@ -73,7 +74,7 @@ typedef struct eng_wpack {
  * multiplies, so no +128 shift is needed, and the zero point costs one
  * correction per output, zp[m] * wsum[o], after the int32 sum. */
 typedef struct eng_act {
-    const float *x;     /* F16/BF16 kernels: (n, in), row stride in */
+    const float *x;     /* float-weight kernels: (n, in), row stride in */
     const uint8_t *q;   /* I8 kernels: (n, ldq); columns in..ldq-1 are 0 */
     const float *sx;    /* (n) */
     const int32_t *zp;  /* (n), each in [0, 255] */
@@ -112,7 +113,7 @@ typedef enum eng_klevel {
 typedef struct eng_kernels {
     const char *name;                   /* as PREDICTD_KERNELS spells it */
     eng_quant_fn *quant;                /* the int8 activation quantiser */
-    eng_gemm_fn *gemm[ENG_DTYPE_COUNT]; /* by weight dtype: ENG_I8, ENG_F16, ENG_BF16 */
+    eng_gemm_fn *gemm[ENG_DTYPE_COUNT]; /* by weight dtype: ENG_F32, ENG_I8, ENG_F16, ENG_BF16 */
 } eng_kernels;
 
 extern const eng_kernels eng_kernels_ref;

@@ -1,7 +1,7 @@
 /* AVX2 kernels: the avx2 level (AVX2 + FMA + F16C, int8 through vpmaddwd)
  * and the avxvnni level (the same with the VEX-encoded vpdpbusd of Alder Lake,
- * Sapphire Rapids and Zen 5). Both share the quantiser and the FP16/BF16
- * kernels. Every function carries its own target attribute, so this file
+ * Sapphire Rapids and Zen 5). Both share the quantiser and the float-weight
+ * (F32/FP16/BF16) kernels. Every function carries its own target attribute, so this file
  * builds without -mavx2 and the binary runs on any x86-64.
  *
  * With 16 ymm registers the micro-tiles cover 32 channels (half a panel) for
@@ -22,7 +22,7 @@
 #define T256VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define INLINE static inline __attribute__((always_inline))
 
-enum { MR_VNNI = 3, MR_MADD = 2, MR_HALF = 3, MAX_NV = 8 };
+enum { MR_VNNI = 3, MR_MADD = 2, MR_FLOAT = 3, MAX_NV = 8 };
 
 static inline uint32_t load_u32(const uint8_t *p)
 {
@@ -238,36 +238,39 @@ T256 static void i8_gemm_avx2(const eng_wpack *w, const eng_act *x, int m0, int 
     }
 }
 
-/* ---- FP16 and BF16 ----------------------------------------------------------------
+/* ---- Float weights: F32, FP16 and BF16 ---------------------------------------------
  *
- * 8 halves widen exactly to one float vector (vcvtph2ps, or a 16-bit shift
- * for BF16); each lane then runs the reference's fma chain over k. */
+ * 8 weights load as one float vector: F32 as they are, FP16 widened exactly
+ * (vcvtph2ps), BF16 by a 16-bit shift; each lane then runs the reference's
+ * fma chain over k. */
 
-T256 INLINE __m256 half_load256(const uint16_t *p, int bf16)
+T256 INLINE __m256 float_load256(const void *w, size_t i, eng_dtype dt)
 {
-    __m128i h = _mm_load_si128((const __m128i *)p);
-    if (bf16)
+    if (dt == ENG_F32)
+        return _mm256_load_ps((const float *)w + i);
+    __m128i h = _mm_load_si128((const __m128i *)((const uint16_t *)w + i));
+    if (dt == ENG_BF16)
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     return _mm256_cvtph_ps(h);
 }
 
 /* Rows m..m+mr-1 times nv vectors of 8 channels from channel c0 of panel p. */
-T256 INLINE void half_tile256(const eng_wpack *w, const eng_act *x, int m, int mr, int p, int c0,
-                              int nv, int bf16, float *y)
+T256 INLINE void float_tile256(const eng_wpack *w, const eng_act *x, int m, int mr, int p, int c0,
+                               int nv, eng_dtype dt, float *y)
 {
     const int in = w->in;
-    const uint16_t *wp = (const uint16_t *)w->w + (size_t)p * in * ENG_KP_NR + c0;
+    size_t wi = (size_t)p * in * ENG_KP_NR + c0;
     const float *xr = x->x + (size_t)m * in;
-    __m256 acc[MR_HALF][MAX_NV];
+    __m256 acc[MR_FLOAT][MAX_NV];
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
         #pragma GCC unroll 8
         for (int j = 0; j < nv; j++)
             acc[i][j] = _mm256_setzero_ps();
-    for (int k = 0; k < in; k++, wp += ENG_KP_NR) {
+    for (int k = 0; k < in; k++, wi += ENG_KP_NR) {
         #pragma GCC unroll 8
         for (int j = 0; j < nv; j++) {
-            __m256 b = half_load256(wp + 8 * j, bf16);
+            __m256 b = float_load256(w->w, wi + 8 * j, dt);
             #pragma GCC unroll 8
             for (int i = 0; i < mr; i++)
                 acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(xr[(size_t)i * in + k]), b, acc[i][j]);
@@ -286,48 +289,56 @@ T256 INLINE void half_tile256(const eng_wpack *w, const eng_act *x, int m, int m
     }
 }
 
-T256 INLINE void half_gemm256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
-                              int bf16, float *y)
+T256 INLINE void float_gemm256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
+                               int p1, eng_dtype dt, float *y)
 {
     for (int p = p0; p < p1; p++) {
         if (m1 - m0 == 1) {
-            half_tile256(w, x, m0, 1, p, 0, 8, bf16, y);
+            float_tile256(w, x, m0, 1, p, 0, 8, dt, y);
             continue;
         }
         for (int c0 = 0; c0 < ENG_KP_NR && p * ENG_KP_NR + c0 < w->out; c0 += 32) {
-            for (int m = m0; m < m1; m += MR_HALF) {
+            for (int m = m0; m < m1; m += MR_FLOAT) {
                 switch (m1 - m) {
-                case 1: half_tile256(w, x, m, 1, p, c0, 4, bf16, y); break;
-                case 2: half_tile256(w, x, m, 2, p, c0, 4, bf16, y); break;
-                default: half_tile256(w, x, m, 3, p, c0, 4, bf16, y); break;
+                case 1: float_tile256(w, x, m, 1, p, c0, 4, dt, y); break;
+                case 2: float_tile256(w, x, m, 2, p, c0, 4, dt, y); break;
+                default: float_tile256(w, x, m, 3, p, c0, 4, dt, y); break;
                 }
             }
         }
     }
 }
 
+T256 static void f32_gemm256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
+                             float *y)
+{
+    float_gemm256(w, x, m0, m1, p0, p1, ENG_F32, y);
+}
+
 T256 static void f16_gemm256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
                              float *y)
 {
-    half_gemm256(w, x, m0, m1, p0, p1, 0, y);
+    float_gemm256(w, x, m0, m1, p0, p1, ENG_F16, y);
 }
 
 T256 static void bf16_gemm256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
                               float *y)
 {
-    half_gemm256(w, x, m0, m1, p0, p1, 1, y);
+    float_gemm256(w, x, m0, m1, p0, p1, ENG_BF16, y);
 }
 
 const eng_kernels eng_kernels_avx2 = {
     .name = "avx2",
     .quant = quant256,
-    .gemm = {[ENG_I8] = i8_gemm_avx2, [ENG_F16] = f16_gemm256, [ENG_BF16] = bf16_gemm256},
+    .gemm = {[ENG_I8] = i8_gemm_avx2, [ENG_F32] = f32_gemm256, [ENG_F16] = f16_gemm256,
+             [ENG_BF16] = bf16_gemm256},
 };
 
 const eng_kernels eng_kernels_avxvnni = {
     .name = "avxvnni",
     .quant = quant256,
-    .gemm = {[ENG_I8] = i8_gemm_avxvnni, [ENG_F16] = f16_gemm256, [ENG_BF16] = bf16_gemm256},
+    .gemm = {[ENG_I8] = i8_gemm_avxvnni, [ENG_F32] = f32_gemm256, [ENG_F16] = f16_gemm256,
+             [ENG_BF16] = bf16_gemm256},
 };
 
 #endif

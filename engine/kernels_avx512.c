@@ -1,6 +1,6 @@
 /* AVX-512 kernels: the avx512 level (F/BW/DQ/VL, int8 through vpmaddwd) and
  * the avx512vnni level (int8 through vpdpbusd). Both share the quantiser and
- * the FP16/BF16 kernels. Every function carries its own target attribute, so
+ * the float-weight (F32/FP16/BF16) kernels. Every function carries its own target attribute, so
  * this file builds without -mavx512* and the binary runs on any x86-64; the
  * dispatcher calls these only on CPUs that have the features.
  *
@@ -15,7 +15,7 @@
 #define T512VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-enum { MR_VNNI = 6, MR_MADD = 3, MR_HALF = 6 };
+enum { MR_VNNI = 6, MR_MADD = 3, MR_FLOAT = 6 };
 
 static inline uint32_t load_u32(const uint8_t *p)
 {
@@ -199,35 +199,37 @@ T512 static void i8_gemm_avx512(const eng_wpack *w, const eng_act *x, int m0, in
     }
 }
 
-/* ---- FP16 and BF16 ----------------------------------------------------------------
+/* ---- Float weights: F32, FP16 and BF16 ---------------------------------------------
  *
- * The weights of one k step (64 halves, 128 bytes) widen exactly to four
- * float vectors, F16 through vcvtph2ps and BF16 by a 16-bit shift; each lane
- * then runs the reference's fma chain over k ascending. */
+ * The weights of one k step (64 of them) load as four float vectors: F32 as
+ * they are, FP16 widened exactly through vcvtph2ps, BF16 by a 16-bit shift;
+ * each lane then runs the reference's fma chain over k ascending. */
 
-T512 INLINE __m512 half_load512(const uint16_t *p, int bf16)
+T512 INLINE __m512 float_load512(const void *w, size_t i, eng_dtype dt)
 {
-    __m256i h = _mm256_load_si256((const __m256i *)p);
-    if (bf16)
+    if (dt == ENG_F32)
+        return _mm512_load_ps((const float *)w + i);
+    __m256i h = _mm256_load_si256((const __m256i *)((const uint16_t *)w + i));
+    if (dt == ENG_BF16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     return _mm512_cvtph_ps(h);
 }
 
-T512 INLINE void half_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int p, int bf16,
-                              float *y)
+T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int p,
+                               eng_dtype dt, float *y)
 {
     const int in = w->in;
-    const uint16_t *wp = (const uint16_t *)w->w + (size_t)p * in * ENG_KP_NR;
+    size_t wi = (size_t)p * in * ENG_KP_NR;
     const float *xr = x->x + (size_t)m * in;
-    __m512 acc[MR_HALF][4];
+    __m512 acc[MR_FLOAT][4];
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
         #pragma GCC unroll 8
         for (int j = 0; j < 4; j++)
             acc[i][j] = _mm512_setzero_ps();
-    for (int k = 0; k < in; k++, wp += ENG_KP_NR) {
-        __m512 b0 = half_load512(wp, bf16), b1 = half_load512(wp + 16, bf16);
-        __m512 b2 = half_load512(wp + 32, bf16), b3 = half_load512(wp + 48, bf16);
+    for (int k = 0; k < in; k++, wi += ENG_KP_NR) {
+        __m512 b0 = float_load512(w->w, wi, dt), b1 = float_load512(w->w, wi + 16, dt);
+        __m512 b2 = float_load512(w->w, wi + 32, dt), b3 = float_load512(w->w, wi + 48, dt);
         #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             __m512 a = _mm512_set1_ps(xr[(size_t)i * in + k]);
@@ -250,45 +252,53 @@ T512 INLINE void half_tile512(const eng_wpack *w, const eng_act *x, int m, int m
     }
 }
 
-T512 INLINE void half_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
-                              int bf16, float *y)
+T512 INLINE void float_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
+                               int p1, eng_dtype dt, float *y)
 {
     for (int p = p0; p < p1; p++) {
-        for (int m = m0; m < m1; m += MR_HALF) {
+        for (int m = m0; m < m1; m += MR_FLOAT) {
             switch (m1 - m) {
-            case 1: half_tile512(w, x, m, 1, p, bf16, y); break;
-            case 2: half_tile512(w, x, m, 2, p, bf16, y); break;
-            case 3: half_tile512(w, x, m, 3, p, bf16, y); break;
-            case 4: half_tile512(w, x, m, 4, p, bf16, y); break;
-            case 5: half_tile512(w, x, m, 5, p, bf16, y); break;
-            default: half_tile512(w, x, m, 6, p, bf16, y); break;
+            case 1: float_tile512(w, x, m, 1, p, dt, y); break;
+            case 2: float_tile512(w, x, m, 2, p, dt, y); break;
+            case 3: float_tile512(w, x, m, 3, p, dt, y); break;
+            case 4: float_tile512(w, x, m, 4, p, dt, y); break;
+            case 5: float_tile512(w, x, m, 5, p, dt, y); break;
+            default: float_tile512(w, x, m, 6, p, dt, y); break;
             }
         }
     }
 }
 
+T512 static void f32_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
+                             float *y)
+{
+    float_gemm512(w, x, m0, m1, p0, p1, ENG_F32, y);
+}
+
 T512 static void f16_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
                              float *y)
 {
-    half_gemm512(w, x, m0, m1, p0, p1, 0, y);
+    float_gemm512(w, x, m0, m1, p0, p1, ENG_F16, y);
 }
 
 T512 static void bf16_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
                               float *y)
 {
-    half_gemm512(w, x, m0, m1, p0, p1, 1, y);
+    float_gemm512(w, x, m0, m1, p0, p1, ENG_BF16, y);
 }
 
 const eng_kernels eng_kernels_avx512 = {
     .name = "avx512",
     .quant = quant512,
-    .gemm = {[ENG_I8] = i8_gemm_avx512, [ENG_F16] = f16_gemm512, [ENG_BF16] = bf16_gemm512},
+    .gemm = {[ENG_I8] = i8_gemm_avx512, [ENG_F32] = f32_gemm512, [ENG_F16] = f16_gemm512,
+             [ENG_BF16] = bf16_gemm512},
 };
 
 const eng_kernels eng_kernels_avx512vnni = {
     .name = "avx512vnni",
     .quant = quant512,
-    .gemm = {[ENG_I8] = i8_gemm_avx512vnni, [ENG_F16] = f16_gemm512, [ENG_BF16] = bf16_gemm512},
+    .gemm = {[ENG_I8] = i8_gemm_avx512vnni, [ENG_F32] = f32_gemm512, [ENG_F16] = f16_gemm512,
+             [ENG_BF16] = bf16_gemm512},
 };
 
 #endif

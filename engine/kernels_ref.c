@@ -59,25 +59,30 @@ static void i8_gemm_ref(const eng_wpack *w, const eng_act *x, int m0, int m1, in
     }
 }
 
-/* ---- FP16 and BF16 -------------------------------------------------------------- */
+/* ---- Float weights: F32, FP16 and BF16 ------------------------------------------ */
+
+/* Weight i of a float pack, widened exactly to float. */
+static float float_weight(const eng_wpack *w, size_t i)
+{
+    if (w->dtype == ENG_F32)
+        return ((const float *)w->w)[i];
+    uint16_t h = ((const uint16_t *)w->w)[i];
+    return w->dtype == ENG_F16 ? eng_f16_to_f32(h) : eng_bf16_to_f32(h);
+}
 
 /* y[m][o] = fma chain over k ascending, starting from 0, then + bias: the
  * order every SIMD level keeps, lane by lane. */
-static void half_gemm_ref(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
-                          float *y)
+static void float_gemm_ref(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
+                           float *y)
 {
-    const uint16_t *W = w->w;
     for (int p = p0; p < p1; p++) {
-        const uint16_t *panel = W + (size_t)p * w->in * ENG_KP_NR;
+        size_t panel = (size_t)p * w->in * ENG_KP_NR;
         for (int m = m0; m < m1; m++) {
             const float *xr = x->x + (size_t)m * w->in;
             for (int c = 0; c < ENG_KP_NR && p * ENG_KP_NR + c < w->out; c++) {
                 float acc = 0.0f;
-                for (int k = 0; k < w->in; k++) {
-                    uint16_t h = panel[(size_t)k * ENG_KP_NR + c];
-                    float wf = w->dtype == ENG_F16 ? eng_f16_to_f32(h) : eng_bf16_to_f32(h);
-                    acc = fmaf(xr[k], wf, acc);
-                }
+                for (int k = 0; k < w->in; k++)
+                    acc = fmaf(xr[k], float_weight(w, panel + (size_t)k * ENG_KP_NR + c), acc);
                 int o = p * ENG_KP_NR + c;
                 y[(size_t)m * w->out + o] = acc + w->bias[o];
             }
@@ -88,5 +93,6 @@ static void half_gemm_ref(const eng_wpack *w, const eng_act *x, int m0, int m1, 
 const eng_kernels eng_kernels_ref = {
     .name = "ref",
     .quant = eng_i8_quant_ref,
-    .gemm = {[ENG_I8] = i8_gemm_ref, [ENG_F16] = half_gemm_ref, [ENG_BF16] = half_gemm_ref},
+    .gemm = {[ENG_I8] = i8_gemm_ref, [ENG_F32] = float_gemm_ref, [ENG_F16] = float_gemm_ref,
+             [ENG_BF16] = float_gemm_ref},
 };

@@ -16,6 +16,7 @@
 #include "engine/cpu.h"
 #include "engine/kernels.h"
 #include "engine/pool.h"
+#include "engine/scratch.h"
 
 static size_t round64(size_t n)
 {
@@ -112,17 +113,25 @@ static int pack_i8(const eng_linear *l, eng_wpack *pk, eng_err *err)
     return 0;
 }
 
-/* IEEE half or bfloat16, rounded to nearest even. */
-static int pack_half(const eng_linear *l, eng_wpack *pk, eng_err *err)
+/* Float weights: F32 copied as they are, IEEE half or bfloat16 rounded to
+ * nearest even (a weight beyond the half's range is an error, not an
+ * infinity). */
+static int pack_float(const eng_linear *l, eng_wpack *pk, eng_err *err)
 {
-    uint16_t *W = (uint16_t *)pk->w;
+    float *W32 = (float *)pk->w;
+    uint16_t *W16 = (uint16_t *)pk->w;
     int bf16 = pk->dtype == ENG_BF16, bad_o = -1, bad_k = -1;
     FOR_EACH_WEIGHT(l, o, k, v, {
-        uint16_t h = bf16 ? eng_f32_to_bf16(v) : eng_f32_to_f16(v);
-        float back = bf16 ? eng_bf16_to_f32(h) : eng_f16_to_f32(h);
-        if (!(fabsf(back) <= FLT_MAX) && bad_o < 0)
-            bad_o = o, bad_k = k;
-        W[((size_t)(o / ENG_KP_NR) * l->in + k) * ENG_KP_NR + o % ENG_KP_NR] = h;
+        size_t at = ((size_t)(o / ENG_KP_NR) * l->in + k) * ENG_KP_NR + o % ENG_KP_NR;
+        if (pk->dtype == ENG_F32) {
+            W32[at] = v;
+        } else {
+            uint16_t h = bf16 ? eng_f32_to_bf16(v) : eng_f32_to_f16(v);
+            float back = bf16 ? eng_bf16_to_f32(h) : eng_f16_to_f32(h);
+            if (!(fabsf(back) <= FLT_MAX) && bad_o < 0)
+                bad_o = o, bad_k = k;
+            W16[at] = h;
+        }
     });
     if (bad_o >= 0)
         return eng_err_set(err, ENG_EUNSUPPORTED,
@@ -305,9 +314,9 @@ static void run_gemm(gemm_job *j)
 
 /* ---- Forward by dtype ------------------------------------------------------------- */
 
-static void f32_forward(const eng_linear *l, const eng_kernels *k, const float *x, int n, float *y)
+/* F32 weights as the checkpoint holds them, through OpenBLAS. */
+static void blas_forward(const eng_linear *l, const float *x, int n, float *y)
 {
-    (void)k;
     float beta = 0.0f;
     if (l->b) {
         /* Seeding y with the bias lets the GEMM add it (beta = 1) for free. */
@@ -327,17 +336,24 @@ static void f32_forward(const eng_linear *l, const eng_kernels *k, const float *
         eng_sgemm(false, false, n, l->out, l->in, 1.0f, x, l->in, l->w, l->out, beta, y, l->out);
 }
 
-static void half_forward(const eng_linear *l, const eng_kernels *k, const float *x, int n, float *y)
+/* F32, FP16 or BF16 panels through our kernels; an F32 layer not packed
+ * (pack NULL) goes to OpenBLAS. */
+static void float_forward(const eng_linear *l, const eng_kernels *k, const float *x, int n,
+                          float *y)
 {
+    if (!l->pack) {
+        blas_forward(l, x, n, y);
+        return;
+    }
     gemm_job j = {.k = k, .w = l->pack, .act = {.x = x}, .y = y, .rows = n};
     run_gemm(&j);
 }
 
 /* ---- INT8 activations ---------------------------------------------------------------
  *
- * Each calling thread keeps one scratch block for quantised rows, grown to the
- * largest batch it has run (up to the cap; bigger batches go through it in
- * chunks of rows) and freed when the thread exits. */
+ * Each calling thread quantises into its own scratch (engine/scratch.h),
+ * grown to the largest batch it has run up to the cap; bigger batches go
+ * through it in chunks of rows. */
 
 enum { QUANT_TASK_BYTES = 1 << 16 };
 
@@ -347,39 +363,6 @@ static _Atomic size_t scratch_cap = (size_t)32 << 20;
 size_t eng_i8_scratch_cap(size_t bytes)
 {
     return bytes ? atomic_exchange(&scratch_cap, bytes) : atomic_load(&scratch_cap);
-}
-
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-typedef struct scratch {
-    size_t cap; /* bytes usable at data */
-    char pad[56];
-    unsigned char data[];
-} scratch;
-
-static void scratch_key_init(void)
-{
-    pthread_key_create(&scratch_key, free);
-}
-
-/* The calling thread's scratch with at least bytes, or NULL. */
-static unsigned char *scratch_get(size_t bytes)
-{
-    pthread_once(&scratch_once, scratch_key_init);
-    scratch *s = pthread_getspecific(scratch_key);
-    if (s && s->cap >= bytes)
-        return s->data;
-    scratch *grown = aligned_alloc(64, round64(sizeof *s + bytes));
-    if (!grown)
-        return NULL;
-    grown->cap = bytes;
-    if (pthread_setspecific(scratch_key, grown) != 0) {
-        free(grown);
-        return NULL;
-    }
-    free(s);
-    return grown->data;
 }
 
 /* Bytes of scratch for rows quantised rows of kp columns: q, then sx, then zp. */
@@ -424,7 +407,7 @@ static void i8_forward(const eng_linear *l, const eng_kernels *k, const float *x
     size_t cap = eng_i8_scratch_cap(0);
     int chunk = (size_t)n * kp <= cap ? n : (int)(cap / kp > 0 ? cap / kp : 1);
     unsigned char *buf = NULL;
-    for (; chunk > 0 && !(buf = scratch_get(quant_bytes(chunk, kp))); chunk /= 2) {
+    for (; chunk > 0 && !(buf = eng_scratch(ENG_SCRATCH_QUANT, quant_bytes(chunk, kp))); chunk /= 2) {
     }
     if (!buf) {
         for (size_t i = 0; i < (size_t)n * l->out; i++)
@@ -452,9 +435,9 @@ static const struct linear_kind {
     int (*pack)(const eng_linear *l, eng_wpack *pk, eng_err *err);
     void (*forward)(const eng_linear *l, const eng_kernels *k, const float *x, int n, float *y);
 } kinds[ENG_DTYPE_COUNT] = {
-    [ENG_F32] = {NULL, f32_forward},
-    [ENG_F16] = {pack_half, half_forward},
-    [ENG_BF16] = {pack_half, half_forward},
+    [ENG_F32] = {pack_float, float_forward},
+    [ENG_F16] = {pack_float, float_forward},
+    [ENG_BF16] = {pack_float, float_forward},
     [ENG_I8] = {pack_i8, i8_forward},
 };
 
@@ -467,17 +450,17 @@ void eng_linear_forward_kernels(const eng_linear *l, const eng_kernels *k, const
 
 void eng_linear_forward(const eng_linear *l, const float *x, int n, float *y)
 {
-    eng_linear_forward_kernels(l, l->dtype == ENG_F32 ? NULL : eng_kernels_active(), x, n, y);
+    eng_linear_forward_kernels(l, l->pack ? eng_kernels_active() : NULL, x, n, y);
 }
 
 int eng_linear_convert(eng_linear *l, eng_dtype to, eng_err *err)
 {
-    if (to == l->dtype)
+    if (l->pack && to == l->dtype)
         return 0;
     if (to < 0 || to >= ENG_DTYPE_COUNT || !kinds[to].pack)
         return eng_err_set(err, ENG_EUNSUPPORTED, "a linear layer's weights cannot be held as %s",
                            to >= 0 && to < ENG_DTYPE_COUNT ? eng_dtypes[to].name : "?");
-    if (l->dtype != ENG_F32)
+    if (l->pack)
         return eng_err_set(err, ENG_EINVAL, "the layer is already converted to %s",
                            eng_dtypes[l->dtype].name);
     if (l->in <= 0 || l->out <= 0 || !l->w)
@@ -507,6 +490,21 @@ void eng_linear_free(eng_linear *l)
 {
     free(l->pack);
     l->pack = NULL;
+}
+
+int eng_linear_f32_row(const eng_linear *l, int o, float *dst)
+{
+    if (l->dtype != ENG_F32 || o < 0 || o >= l->out)
+        return -1;
+    const float *w = l->pack ? l->pack->w : l->w;
+    size_t at = (size_t)o, step = (size_t)l->out; /* ENG_W_IN_OUT */
+    if (l->pack)
+        at = (size_t)(o / ENG_KP_NR) * l->in * ENG_KP_NR + o % ENG_KP_NR, step = ENG_KP_NR;
+    else if (l->layout == ENG_W_OUT_IN)
+        at = (size_t)o * l->in, step = 1;
+    for (int k = 0; k < l->in; k++)
+        dst[k] = w[at + (size_t)k * step];
+    return 0;
 }
 
 size_t eng_linear_weight_bytes(const eng_linear *l)

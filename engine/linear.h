@@ -4,13 +4,17 @@
  * may convert it once at load, and calls eng_linear_forward either way.
  *
  * Weight dtypes:
- *   ENG_F32   the checkpoint's floats, borrowed, multiplied by OpenBLAS sgemm.
+ *   ENG_F32   the checkpoint's floats: borrowed and multiplied by OpenBLAS
+ *             (sgemm; sgemv for one row) until converted, then copied into
+ *             our panels and run by our kernels, which skip the per-call
+ *             repacking OpenBLAS does (a decode step of 8 rows runs at the
+ *             speed of one) and add the bias in the same pass.
  *   ENG_F16   IEEE half, widened to float in registers (F16C) by our kernels.
  *   ENG_BF16  bfloat16, widened likewise (a 16-bit shift).
  *   ENG_I8    int8, symmetric per output channel (scale = max|w_o| / 127);
  *             activations quantised per row at run time to asymmetric uint8
  *             (x ≈ sx (q - zp)); int32 sums; y = sum * sx * scale + b.
- * The converted dtypes run the kernels of the CPU's best level (engine/
+ * Converted layers run the kernels of the CPU's best level (engine/
  * kernels.h), chosen once; PREDICTD_KERNELS=ref|avx2|avxvnni|avx512|
  * avx512vnni|amx forces a lower one. They split the work over the cores with
  * the engine's thread pool (engine/pool.h).
@@ -49,11 +53,11 @@ typedef struct eng_linear {
     int in, out;
     eng_wlayout layout;
     const float *w;         /* (out, in) or (in, out) per layout; borrowed from the
-                               checkpoint; NULL once converted */
+                               checkpoint; NULL once converted (packed) */
     const float *b;         /* (out) or NULL; borrowed; NULL once converted (the pack
                                holds a copy) */
     eng_dtype dtype;        /* the weights as held: ENG_F32 (w) unless converted */
-    struct eng_wpack *pack; /* owned packed weights, bias and scales; NULL for ENG_F32 */
+    struct eng_wpack *pack; /* owned packed weights, bias and scales; NULL until converted */
 } eng_linear;
 
 /* y (n, out) = x (n, in) · Wᵀ + b. x and y must not overlap. Safe to call
@@ -64,17 +68,22 @@ typedef struct eng_linear {
 void eng_linear_forward(const eng_linear *l, const float *x, int n, float *y);
 
 /* Converts l's F32 weights (either layout) and bias into owned buffers of
- * dtype to (ENG_F16, ENG_BF16 or ENG_I8), packed for the kernels; converting
- * to the dtype l already has does nothing. Afterwards l->w and l->b are NULL
+ * dtype to (ENG_F32, ENG_F16, ENG_BF16 or ENG_I8), packed for the kernels;
+ * converting a converted layer to its own dtype does nothing. Afterwards l->w and l->b are NULL
  * and never read again: the caller may release the checkpoint's pages of both
  * (e.g. madvise(MADV_DONTNEED) on a private mapping). Returns 0, or a negative
  * ENG_E* code with err filled (non-finite weights, a weight beyond FP16's
  * range, in > 65536 for INT8, out of memory) leaving l unchanged. */
 int eng_linear_convert(eng_linear *l, eng_dtype to, eng_err *err);
 
-/* Frees what eng_linear_convert allocated; a no-op for an F32 layer. The
+/* Frees what eng_linear_convert allocated; a no-op for a layer never converted. The
  * layer cannot be run afterwards. */
 void eng_linear_free(eng_linear *l);
+
+/* Copies the in weights of output channel o of an F32 layer, packed or not,
+ * into dst exactly (GPT-2 reads its tied token embeddings from the LM head
+ * this way). Returns 0, or -1 for another dtype or o out of range. */
+int eng_linear_f32_row(const eng_linear *l, int o, float *dst);
 
 /* Bytes of weights the layer holds: the packed buffers once converted, the
  * borrowed F32 weights and bias before. */

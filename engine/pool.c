@@ -1,5 +1,7 @@
 #include "engine/pool.h"
 
+#include "engine/blas.h"
+
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -286,6 +288,11 @@ eng_pool *eng_pool_default(void)
     pthread_mutex_lock(&default_lock);
     if (!default_pool) {
         eng_pool *p = pool_alloc();
+        /* Every parallel split of a forward is the pool's: OpenBLAS is left
+         * the small products (attention heads inside pool tasks, tiny
+         * layers), one thread each, so its own threads never spin on the
+         * cores the pool is using. */
+        eng_blas_set_threads(1);
         if (p) {
             /* A worker that fails to start leaves a smaller pool, which is
              * slower but computes the same results. */

@@ -44,7 +44,8 @@ int eng_pool_resize(eng_pool *p, int threads, eng_err *err);
 void eng_pool_run(eng_pool *p, int n_tasks, eng_pool_fn fn, void *ctx);
 
 /* The process's pool for the kernels, created on first use with
- * eng_pool_threads() threads; NULL only when even the pool's struct cannot be
+ * eng_pool_threads() threads (and OpenBLAS then set to one thread: the
+ * pool does the engine's parallel work); NULL only when even the pool's struct cannot be
  * allocated (callers then run inline). If a worker cannot be started the pool
  * runs with the threads it has (slower, never wrong). */
 eng_pool *eng_pool_default(void);
@@ -53,8 +54,7 @@ eng_pool *eng_pool_default(void);
 int eng_pool_threads(void);
 
 /* Sets the default pool's threads (0: the cores); resizes it if it exists
- * (waiting for a run in progress; never from inside a task). The daemon sets
- * this with OpenBLAS's count, so the two never ask for more than the cores. */
+ * (waiting for a run in progress; never from inside a task). */
 void eng_pool_set_threads(int threads);
 
 /* Cores this process may run on (its CPU affinity), at least 1. */

@@ -45,8 +45,6 @@ void eng_weights_release(eng_weights *w, const float *data, size_t n_floats)
 int eng_weights_convert_linear(eng_weights *w, eng_linear *l, eng_dtype to, int keep_source,
                                eng_err *err)
 {
-    if (to == ENG_F32)
-        return 0;
     const float *wt = l->w, *b = l->b;
     int rc = eng_linear_convert(l, to, err);
     if (rc || keep_source)

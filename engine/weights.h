@@ -40,7 +40,8 @@ const float *eng_weights_f32(eng_weights *w, const int64_t *shape, int ndim, con
  * set. The pointer must not be used afterwards. */
 void eng_weights_release(eng_weights *w, const float *data, size_t n_floats);
 
-/* Converts a linear layer's weights to dtype to (ENG_F32: nothing) and gives
+/* Converts a linear layer's weights to dtype to (ENG_F32: packed for our
+ * kernels) and gives
  * back the float32 copy it read from, unless keep_source (the tensor is also
  * read elsewhere, e.g. GPT-2's LM head tied to its embeddings). */
 struct eng_linear;

@@ -15,7 +15,6 @@
 #include <string.h>
 
 #include "engine/attention.h"
-#include "engine/blas.h"
 #include "engine/linear.h"
 #include "engine/ops.h"
 #include "engine/weights.h"
@@ -47,7 +46,7 @@ typedef struct clip {
     int32_t eos_id;                        /* text_config.eos_token_id */
     const float *token_emb;                /* (vocab, text.dim) */
     const float *class_emb;                /* (vision.dim) */
-    const float *patch_w;                  /* (vision.dim, 3 * patch * patch) */
+    eng_linear patch_embed;                /* (3 * patch * patch) -> (vision.dim), no bias */
     const float *pre_gamma, *pre_beta;     /* vision pre_layrnorm (vision.dim) */
 } clip;
 
@@ -66,23 +65,22 @@ void clip_normalize(float *x, int n, int d)
 
 /* ---- the shared encoder ------------------------------------------------------- */
 
-static size_t encoder_scratch(const clip_tower *t, size_t T, size_t max_len)
+/* Attention scores live in the engine's per-thread scratch, not here. */
+static size_t encoder_scratch(const clip_tower *t, size_t T)
 {
-    return 6 * eng_arena_floats_size(T * t->dim) + eng_arena_floats_size(T * t->inner) +
-           eng_arena_floats_size(max_len * max_len);
+    return 6 * eng_arena_floats_size(T * t->dim) + eng_arena_floats_size(T * t->inner);
 }
 
 /* x (T, dim): packed sequences, in place through every pre-LN layer. */
 static int clip_encoder_forward(const clip_tower *t, float *x, const int *seq_off, int n_seq,
-                                bool causal, int max_len, eng_arena *a)
+                                bool causal, eng_arena *a)
 {
     int T = seq_off[n_seq];
     size_t n = (size_t)T * t->dim;
     float *h = eng_arena_floats(a, n), *q = eng_arena_floats(a, n), *k = eng_arena_floats(a, n);
     float *v = eng_arena_floats(a, n), *ctx = eng_arena_floats(a, n);
     float *mlp = eng_arena_floats(a, (size_t)T * t->inner);
-    float *scores = eng_arena_floats(a, (size_t)max_len * max_len);
-    if (!scores)
+    if (!mlp)
         return ENG_ENOMEM;
     for (int l = 0; l < t->n_layers; l++) {
         const clip_layer *L = &t->layers[l];
@@ -91,7 +89,7 @@ static int clip_encoder_forward(const clip_tower *t, float *x, const int *seq_of
         eng_linear_forward(&L->k, h, T, k);
         eng_linear_forward(&L->v, h, T, v);
         eng_self_attention(q, k, v, t->dim, seq_off, n_seq, t->n_heads, t->dim / t->n_heads, causal,
-                           ctx, scores);
+                           ctx);
         eng_linear_forward(&L->out, ctx, T, h);
         eng_add(x, h, n);
         eng_layernorm(h, x, T, t->dim, L->ln2_gamma, L->ln2_beta, t->eps);
@@ -130,7 +128,8 @@ static int pool_index(const clip *c, const int32_t *ids, int n)
 static size_t clip_scratch_size(const model *m, int max_tokens, int max_len)
 {
     const clip *c = (const clip *)m;
-    return encoder_scratch(&c->text, (size_t)max_tokens, (size_t)max_len) +
+    (void)max_len;
+    return encoder_scratch(&c->text, (size_t)max_tokens) +
            eng_arena_floats_size((size_t)max_tokens * c->text.dim) * 2;
 }
 
@@ -139,13 +138,12 @@ static int clip_embed_text(const model *m, const model_batch *b, eng_arena *a, f
 {
     const clip *c = (const clip *)m;
     const clip_tower *t = &c->text;
-    int T = model_batch_tokens(b), max_len = 0;
+    int T = model_batch_tokens(b);
     for (int s = 0; s < b->n_seq; s++) {
         int len = b->seq_off[s + 1] - b->seq_off[s];
         if (len < 1 || len > t->max_pos)
             return eng_err_set(err, ENG_ETOOLONG, "text of %d tokens: the model takes 1 to %d", len,
                                t->max_pos);
-        max_len = len > max_len ? len : max_len;
     }
     for (int i = 0; i < T; i++)
         if (b->ids[i] < 0 || b->ids[i] >= c->vocab)
@@ -162,7 +160,7 @@ static int clip_embed_text(const model *m, const model_batch *b, eng_arena *a, f
             for (int j = 0; j < t->dim; j++)
                 x[(size_t)i * t->dim + j] = w[j] + p[j];
         }
-    if (clip_encoder_forward(t, x, b->seq_off, b->n_seq, true, max_len, a))
+    if (clip_encoder_forward(t, x, b->seq_off, b->n_seq, true, a))
         return eng_err_set(err, ENG_ENOMEM, "texts of %d tokens exceed the reserved scratch", T);
     for (int s = 0; s < b->n_seq; s++) {
         int r0 = b->seq_off[s];
@@ -179,7 +177,7 @@ static size_t clip_image_scratch_size(const model *m, int n)
 {
     const clip *c = (const clip *)m;
     size_t tokens = (size_t)n * (c->grid * c->grid + 1), pd = 3 * (size_t)c->patch * c->patch;
-    return encoder_scratch(&c->vision, tokens, (size_t)c->vision.max_pos) +
+    return encoder_scratch(&c->vision, tokens) +
            eng_arena_floats_size(tokens * c->vision.dim) +         /* x */
            eng_arena_floats_size((size_t)n * c->grid * c->grid * pd) + /* patches */
            eng_arena_floats_size((size_t)n * c->grid * c->grid * c->vision.dim) +
@@ -221,8 +219,7 @@ static int clip_embed_image(const model *m, const float *pixels, int n, eng_aren
     if (!off)
         return eng_err_set(err, ENG_ENOMEM, "%d images exceed the reserved scratch", n);
     extract_patches(c, pixels, n, patches);
-    eng_sgemm(false, true, n * G2, t->dim, (int)pd, 1.0f, patches, (int)pd, c->patch_w, (int)pd, 0.0f,
-              emb, t->dim);
+    eng_linear_forward(&c->patch_embed, patches, n * G2, emb);
     for (int img = 0; img < n; img++) {
         off[img] = img * L;
         for (int p = 0; p < L; p++) {
@@ -235,7 +232,7 @@ static int clip_embed_image(const model *m, const float *pixels, int n, eng_aren
     }
     off[n] = T;
     eng_layernorm(x, x, T, t->dim, c->pre_gamma, c->pre_beta, t->eps);
-    if (clip_encoder_forward(t, x, off, n, false, L, a))
+    if (clip_encoder_forward(t, x, off, n, false, a))
         return eng_err_set(err, ENG_ENOMEM, "%d images exceed the reserved scratch", n);
     for (int img = 0; img < n; img++)
         memcpy(pooled + (size_t)img * t->dim, x + (size_t)img * L * t->dim, (size_t)t->dim * sizeof *x);
@@ -259,6 +256,7 @@ static void clip_free(model *m)
         eng_linear_free(block_linear(&c->text, i));
     for (int i = 0; c->vision.layers && i < 6 * c->vision.n_layers; i++)
         eng_linear_free(block_linear(&c->vision, i));
+    eng_linear_free(&c->patch_embed);
     free(c->text.layers);
     free(c->vision.layers);
     eng_weights_close(&c->weights);
@@ -364,7 +362,10 @@ static int load_weights(clip *c, eng_err *err)
         return rc;
     c->token_emb = eng_weights_f32(w, ENG_SHAPE(c->vocab, c->text.dim), "text_model.embeddings.token_embedding.weight");
     c->class_emb = eng_weights_f32(w, ENG_SHAPE(V), "vision_model.embeddings.class_embedding");
-    c->patch_w = eng_weights_f32(w, ENG_SHAPE(V, 3, P, P), "vision_model.embeddings.patch_embedding.weight");
+    /* The patch convolution (stride = kernel) is a linear layer over each
+     * patch's pixels, channel-major as extract_patches lays them out. */
+    c->patch_embed = (eng_linear){.in = 3 * P * P, .out = V, .layout = ENG_W_OUT_IN,
+        .w = eng_weights_f32(w, ENG_SHAPE(V, 3, P, P), "vision_model.embeddings.patch_embedding.weight")};
     c->pre_gamma = eng_weights_f32(w, ENG_SHAPE(V), "vision_model.pre_layrnorm.weight");
     c->pre_beta = eng_weights_f32(w, ENG_SHAPE(V), "vision_model.pre_layrnorm.bias");
     const float *scale = eng_weights_f32(w, NULL, 0, "logit_scale");
@@ -374,10 +375,12 @@ static int load_weights(clip *c, eng_err *err)
     return rc;
 }
 
+/* The blocks' projections to dtype; the patch embedding stays F32 in our
+ * packed kernels whatever the dtype (one layer, run once per image). */
 static int convert(clip *c, eng_dtype dtype, eng_err *err)
 {
     clip_tower *towers[2] = {&c->text, &c->vision};
-    int rc = 0;
+    int rc = eng_weights_convert_linear(&c->weights, &c->patch_embed, ENG_F32, 0, err);
     for (int t = 0; t < 2; t++)
         for (int i = 0; !rc && i < 6 * towers[t]->n_layers; i++)
             rc = eng_weights_convert_linear(&c->weights, block_linear(towers[t], i), dtype, 0, err);

@@ -58,11 +58,11 @@ static void distilbert_free(model *m)
 
 static size_t distilbert_scratch_size(const model *m, int max_tokens, int max_len)
 {
+    (void)max_len; /* attention scores live in the engine's per-thread scratch */
     const distilbert *d = (const distilbert *)m;
     size_t T = (size_t)max_tokens;
     return 5 * eng_arena_floats_size(T * d->dim)      /* x, q, k, v, ctx */
            + eng_arena_floats_size(T * d->hidden)     /* ffn */
-           + eng_arena_floats_size((size_t)max_len * max_len) /* scores */
            + 2 * eng_arena_floats_size(T * d->dim);   /* classifier head */
 }
 
@@ -80,15 +80,13 @@ static void embed(const distilbert *d, const model_batch *b, float *x)
     eng_layernorm(x, x, model_batch_tokens(b), d->dim, d->emb_ln_gamma, d->emb_ln_beta, d->eps);
 }
 
-static int check_batch(const distilbert *d, const model_batch *b, int *max_len, eng_err *err)
+static int check_batch(const distilbert *d, const model_batch *b, eng_err *err)
 {
-    *max_len = 0;
     for (int s = 0; s < b->n_seq; s++) {
         int len = b->seq_off[s + 1] - b->seq_off[s];
         if (len < 1 || len > d->max_pos)
             return eng_err_set(err, ENG_ETOOLONG, "sequence of %d tokens: the model takes 1 to %d",
                                len, d->max_pos);
-        *max_len = len > *max_len ? len : *max_len;
     }
     for (int t = 0; t < model_batch_tokens(b); t++)
         if (b->ids[t] < 0 || b->ids[t] >= d->vocab)
@@ -101,7 +99,7 @@ static int distilbert_classify(const model *m, const model_batch *b, eng_arena *
                                eng_err *err)
 {
     const distilbert *d = (const distilbert *)m;
-    int max_len, rc = check_batch(d, b, &max_len, err);
+    int rc = check_batch(d, b, err);
     if (rc)
         return rc;
     int T = model_batch_tokens(b), dim = d->dim;
@@ -110,7 +108,6 @@ static int distilbert_classify(const model *m, const model_batch *b, eng_arena *
     float *x = eng_arena_floats(a, n), *q = eng_arena_floats(a, n), *k = eng_arena_floats(a, n);
     float *v = eng_arena_floats(a, n), *ctx = eng_arena_floats(a, n);
     float *ffn = eng_arena_floats(a, (size_t)T * d->hidden);
-    float *scores = eng_arena_floats(a, (size_t)max_len * max_len);
     float *cls = eng_arena_floats(a, (size_t)b->n_seq * dim);
     float *pre = eng_arena_floats(a, (size_t)b->n_seq * dim);
     if (!pre)
@@ -123,7 +120,7 @@ static int distilbert_classify(const model *m, const model_batch *b, eng_arena *
         eng_linear_forward(&L->k, x, T, k);
         eng_linear_forward(&L->v, x, T, v);
         eng_self_attention(q, k, v, dim, b->seq_off, b->n_seq, d->n_heads, dim / d->n_heads, false,
-                           ctx, scores);
+                           ctx);
         eng_linear_forward(&L->out, ctx, T, q);
         eng_add_layernorm(x, q, T, dim, L->sa_ln_gamma, L->sa_ln_beta, d->eps);
         eng_linear_forward(&L->ffn_in, x, T, ffn);

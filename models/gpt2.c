@@ -36,7 +36,8 @@ typedef struct gpt2 {
     int dim, inner, n_layers, n_heads, vocab, max_pos;
     float eps;
     eng_activation_fn activation;
-    const float *wte;                  /* (vocab, dim) token embeddings, also the LM head */
+    const float *wte;                  /* (vocab, dim) token embeddings; NULL when they are
+                                          read from the tied F32 LM head's pack */
     const float *wpe;                  /* (max_pos, dim) */
     gpt2_layer *layers;                /* (n_layers) */
     const float *lnf_gamma, *lnf_beta; /* (dim) */
@@ -64,12 +65,10 @@ static size_t gpt2_scratch_size(const model *m, int max_tokens, int max_len)
 {
     const gpt2 *g = (const gpt2 *)m;
     size_t T = (size_t)max_tokens;
-    size_t ctx = (size_t)(max_len > g->max_pos ? g->max_pos : max_len);
-    size_t rows = T < ctx ? T : ctx; /* a query block is one sequence's new tokens */
+    (void)max_len; /* attention scores live in the engine's per-thread scratch */
     return 3 * eng_arena_floats_size(T * g->dim)  /* x, h, ctx */
            + eng_arena_floats_size(T * 3 * g->dim) /* qkv */
            + eng_arena_floats_size(T * g->inner)   /* mlp */
-           + eng_arena_floats_size(rows * ctx)     /* attention scores */
            + eng_arena_floats_size(T * g->dim);    /* last rows */
 }
 
@@ -112,33 +111,40 @@ static void embed(const gpt2 *g, const model_batch *b, model_kv *const *kv, floa
 {
     for (int s = 0; s < b->n_seq; s++)
         for (int t = b->seq_off[s]; t < b->seq_off[s + 1]; t++) {
-            const float *w = g->wte + (size_t)b->ids[t] * g->dim;
             const float *p = g->wpe + (size_t)(kv[s]->len + t - b->seq_off[s]) * g->dim;
             float *row = x + (size_t)t * g->dim;
+            if (g->wte)
+                memcpy(row, g->wte + (size_t)b->ids[t] * g->dim, (size_t)g->dim * sizeof *row);
+            else
+                eng_linear_f32_row(&g->lm_head, b->ids[t], row); /* ids checked against vocab */
             for (int j = 0; j < g->dim; j++)
-                row[j] = w[j] + p[j];
+                row[j] += p[j];
         }
 }
 
 /* Appends each sequence's new keys and values to its cache, then attends its
  * new queries to everything it has seen. qkv: (T, 3 dim); ctx: (T, dim). */
 static void attend(const gpt2 *g, int l, const model_batch *b, model_kv *const *kv, const float *qkv,
-                   float *ctx, float *scores)
+                   float *ctx)
 {
-    int dim = g->dim, hd = dim / g->n_heads;
-    float scale = 1.0f / sqrtf((float)hd);
-    for (int s = 0; s < b->n_seq; s++) {
-        int r0 = b->seq_off[s], n = b->seq_off[s + 1] - r0, past = kv[s]->len;
-        float *K = cache_k(g, kv[s], l), *V = cache_v(g, kv[s], l);
-        for (int i = 0; i < n; i++) {
-            const float *row = qkv + (size_t)(r0 + i) * 3 * dim;
-            memcpy(K + (size_t)(past + i) * dim, row + dim, (size_t)dim * sizeof *K);
-            memcpy(V + (size_t)(past + i) * dim, row + 2 * dim, (size_t)dim * sizeof *V);
+    enum { CHUNK = 64 }; /* sequences described at once, on the stack */
+    eng_attn_seq seqs[CHUNK];
+    int dim = g->dim;
+    for (int s0 = 0; s0 < b->n_seq; s0 += CHUNK) {
+        int n_seq = b->n_seq - s0 < CHUNK ? b->n_seq - s0 : CHUNK;
+        for (int i = 0; i < n_seq; i++) {
+            int s = s0 + i, r0 = b->seq_off[s], n = b->seq_off[s + 1] - r0, past = kv[s]->len;
+            float *K = cache_k(g, kv[s], l), *V = cache_v(g, kv[s], l);
+            for (int t = 0; t < n; t++) {
+                const float *row = qkv + (size_t)(r0 + t) * 3 * dim;
+                memcpy(K + (size_t)(past + t) * dim, row + dim, (size_t)dim * sizeof *K);
+                memcpy(V + (size_t)(past + t) * dim, row + 2 * dim, (size_t)dim * sizeof *V);
+            }
+            seqs[i] = (eng_attn_seq){.q = qkv + (size_t)r0 * 3 * dim, .ldq = 3 * dim,
+                                     .k = K, .ldk = dim, .v = V, .ldv = dim, .Lq = n,
+                                     .Lk = past + n, .out = ctx + (size_t)r0 * dim, .ldo = dim};
         }
-        for (int h = 0; h < g->n_heads; h++)
-            eng_attend_head(qkv + (size_t)r0 * 3 * dim + (size_t)h * hd, 3 * dim, K + (size_t)h * hd,
-                            dim, V + (size_t)h * hd, dim, n, past + n, hd, scale, true,
-                            ctx + (size_t)r0 * dim + (size_t)h * hd, dim, scores);
+        eng_attention(seqs, n_seq, g->n_heads, dim / g->n_heads, true);
     }
 }
 
@@ -149,18 +155,12 @@ static int gpt2_generate_step(const model *m, const model_batch *b, model_kv *co
     int rc = check_step(g, b, kv, err);
     if (rc)
         return rc;
-    int T = model_batch_tokens(b), dim = g->dim, max_ctx = 0, max_new = 0;
-    for (int s = 0; s < b->n_seq; s++) {
-        int n = b->seq_off[s + 1] - b->seq_off[s];
-        max_new = n > max_new ? n : max_new;
-        max_ctx = kv[s]->len + n > max_ctx ? kv[s]->len + n : max_ctx;
-    }
+    int T = model_batch_tokens(b), dim = g->dim;
     eng_arena_reset(a);
     float *x = eng_arena_floats(a, (size_t)T * dim), *h = eng_arena_floats(a, (size_t)T * dim);
     float *ctx = eng_arena_floats(a, (size_t)T * dim);
     float *qkv = eng_arena_floats(a, (size_t)T * 3 * dim);
     float *mlp = eng_arena_floats(a, (size_t)T * g->inner);
-    float *scores = eng_arena_floats(a, (size_t)max_new * max_ctx);
     float *last = eng_arena_floats(a, (size_t)b->n_seq * dim);
     if (!last)
         return eng_err_set(err, ENG_ENOMEM, "step of %d tokens exceeds the reserved scratch", T);
@@ -170,7 +170,7 @@ static int gpt2_generate_step(const model *m, const model_batch *b, model_kv *co
         const gpt2_layer *L = &g->layers[l];
         eng_layernorm(h, x, T, dim, L->ln1_gamma, L->ln1_beta, g->eps);
         eng_linear_forward(&L->qkv, h, T, qkv);
-        attend(g, l, b, kv, qkv, ctx, scores);
+        attend(g, l, b, kv, qkv, ctx);
         eng_linear_forward(&L->attn_out, ctx, T, h);
         eng_add(x, h, (size_t)T * dim);
         eng_layernorm(h, x, T, dim, L->ln2_gamma, L->ln2_beta, g->eps);
@@ -326,15 +326,21 @@ static int load_weights(gpt2 *g, eng_config *cfg, eng_err *err)
     return eng_weights_check(w, err);
 }
 
-/* The blocks' projections and the LM head, whose weights stay (they are
- * the token embeddings too). */
+/* The blocks' projections and the LM head. A tied LM head's weights are the
+ * token embeddings too: as F32 the embeddings are read back from its pack
+ * (exact) and the checkpoint's copy is given back; as a lossy dtype the F32
+ * copy stays for the embeddings. */
 static int convert(gpt2 *g, eng_dtype dtype, eng_err *err)
 {
     int rc = 0;
     for (int i = 0; !rc && i < 4 * g->n_layers; i++)
         rc = eng_weights_convert_linear(&g->weights, block_linear(g, i), dtype, 0, err);
+    int tied = g->lm_head.w == g->wte;
     if (!rc)
-        rc = eng_weights_convert_linear(&g->weights, &g->lm_head, dtype, g->lm_head.w == g->wte, err);
+        rc = eng_weights_convert_linear(&g->weights, &g->lm_head, dtype,
+                                        tied && dtype != ENG_F32, err);
+    if (!rc && tied && dtype == ENG_F32)
+        g->wte = NULL;
     if (!rc)
         g->base.dtype = dtype;
     return rc;

@@ -311,8 +311,8 @@ static int start(srv_server *s, eng_err *err)
     rc = srv_http_start(&s->http, &s->loop, &hc, &hooks, err);
     if (rc)
         return rc;
-    srv_info("listening on http://%s:%d/ (OpenBLAS core %s, %d threads); loading %zu model%s",
-             s->opts->host, srv_http_port(s->http), eng_blas_corename(), eng_blas_threads(),
+    srv_info("listening on http://%s:%d/ (%d compute threads, OpenBLAS core %s); loading %zu "
+             "model%s", s->opts->host, srv_http_port(s->http), eng_pool_threads(), eng_blas_corename(),
              s->n_workers, s->n_workers == 1 ? "" : "s");
     s->load_work.data = s;
     return uv_queue_work(&s->loop, &s->load_work, load_models, models_loaded) ? ENG_ENOMEM : 0;
@@ -324,11 +324,11 @@ int srv_server_run(const srv_options *opts)
     memset(&s, 0, sizeof s);
     s.opts = opts;
     s.state = SRV_STATE_LOADING;
-    /* OpenBLAS counts the host's cores; a container's CPU quota is ours. Our
-     * kernels' pool gets the same count: the two run in turn, never together. */
+    /* A container's CPU quota, not the host's cores, is ours. The pool
+     * does all parallel work; it sets OpenBLAS to one thread when created. */
     int threads = opts->threads > 0 ? opts->threads : eng_cpu_count();
-    eng_blas_set_threads(threads);
     eng_pool_set_threads(threads);
+    eng_pool_default();
     srv_info("kernels: %s%s%s", eng_kernel_level(), *eng_kernel_note() ? "; " : "", eng_kernel_note());
     eng_err err = {0};
     init_loop(&s);

@@ -111,6 +111,9 @@ static const shape shapes[] = {
     {"gpt2 c_fc", 1, 768, 3072},
     {"gpt2 mlp c_proj", 1, 3072, 768},
     {"gpt2 lm_head", 1, 768, 50257},
+    {"gpt2 b8 c_fc", 8, 768, 3072},
+    {"gpt2 b8 lm_head", 8, 768, 50257},
+    {"distilbert b1x16 ffn_in", 16, 768, 3072},
 };
 
 static void print_row(const shape *s, const char *dtype, const char *level, double t, size_t wbytes)
@@ -168,7 +171,7 @@ static void bench_shape(const shape *s, int with_ref)
             (eng_linear){.in = s->k, .out = s->n, .layout = ENG_W_OUT_IN, .w = w + c * wn, .b = b};
     run r = {f32, copies, 0, NULL, x, y, s->m};
     print_row(s, "f32", "openblas", best_time(&r), eng_linear_weight_bytes(&f32[0]));
-    static const eng_dtype dtypes[] = {ENG_I8, ENG_F16, ENG_BF16};
+    static const eng_dtype dtypes[] = {ENG_F32, ENG_I8, ENG_F16, ENG_BF16};
     for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++)
         bench_dtype(s, dtypes[d], w, b, x, y, with_ref);
     free(w), free(b), free(x), free(y);

@@ -145,6 +145,11 @@ TEST(kernels_bf16_levels_equal_ref)
     levels_equal_ref(ENG_BF16);
 }
 
+TEST(kernels_f32_levels_equal_ref)
+{
+    levels_equal_ref(ENG_F32);
+}
+
 /* The SIMD quantisers equal the reference on awkward rows: zeros, one sign,
  * tiny values, a huge range, an infinity, a NaN, odd lengths. */
 TEST(kernels_quant_levels_equal_ref)
@@ -212,6 +217,8 @@ static double ref_bound(eng_dtype dtype, const float *xr, const float *wr, float
     }
     if (dtype == ENG_BF16)
         return 0x1p-8 * e.sum_abs_xw + fl;
+    if (dtype == ENG_F32)
+        return fl;
     float mn = 0, mx = 0, amax = 0;
     for (int k = 0; k < in; k++) {
         mn = xr[k] < mn ? xr[k] : mn, mx = xr[k] > mx ? xr[k] : mx;
@@ -266,6 +273,11 @@ TEST(kernels_bf16_ref_within_bound)
     ref_vs_exact(ENG_BF16);
 }
 
+TEST(kernels_f32_ref_within_bound)
+{
+    ref_vs_exact(ENG_F32);
+}
+
 /* On Gaussian data of a transformer layer's size, int8's relative RMS error
  * is about 1%, through the level in use. */
 TEST(kernels_i8_relative_error)
@@ -293,29 +305,49 @@ TEST(kernels_i8_relative_error)
 
 /* ---- The layer ------------------------------------------------------------------------ */
 
-/* F32 stays OpenBLAS: against exact arithmetic, both layouts. */
-TEST(kernels_f32_unchanged)
+/* F32 before conversion is OpenBLAS on the borrowed weights, after it our
+ * packed kernels: both against exact arithmetic, both layouts; the packed
+ * layer gives back each weight row exactly. */
+TEST(kernels_f32_blas_and_packed)
 {
     rng_seed(3);
-    int n = 5, in = 100, out = 33;
+    int n = 5, in = 100, out = 77;
     float *w = gauss_array((size_t)out * in, 0.1f), *wt = transpose(w, out, in);
     float *b = gauss_array((size_t)out, 1.0f), *x = gauss_array((size_t)n * in, 1.0f);
-    float y[5 * 33], yt[5 * 33];
+    float y[5 * 77], yt[5 * 77], yp[5 * 77], row[100];
     eng_linear a = {.in = in, .out = out, .layout = ENG_W_OUT_IN, .w = w, .b = b};
     eng_linear t = {.in = in, .out = out, .layout = ENG_W_IN_OUT, .w = wt, .b = b};
+    eng_linear p = a;
     CHECK(a.dtype == ENG_F32 && a.pack == NULL);
-    CHECK(eng_linear_convert(&a, ENG_F32, NULL) == 0 && a.w == w);
+    CHECK_EQ_INT(eng_linear_weight_bytes(&a), (in * out + out) * 4);
+    CHECK(eng_linear_convert(&p, ENG_F32, NULL) == 0);
+    CHECK(p.dtype == ENG_F32 && p.pack != NULL && p.w == NULL && p.b == NULL);
+    CHECK(eng_linear_convert(&p, ENG_F32, NULL) == 0); /* converted already: nothing */
+    CHECK(eng_linear_weight_bytes(&p) >= (size_t)(128 * in + out) * 4);
     eng_linear_forward(&a, x, n, y);
     eng_linear_forward(&t, x, n, yt);
+    eng_linear_forward(&p, x, n, yp);
     for (int m = 0; m < n; m++) {
         for (int o = 0; o < out; o++) {
             exact e = exact_out(x + (size_t)m * in, w + (size_t)o * in, b[o], in);
             CHECK_NEAR(y[m * out + o], e.y, 1e-5 * (e.sum_abs_xw + 1));
             CHECK_NEAR(yt[m * out + o], e.y, 1e-5 * (e.sum_abs_xw + 1));
+            CHECK_NEAR(yp[m * out + o], e.y, 1e-5 * (e.sum_abs_xw + 1));
         }
     }
-    CHECK_EQ_INT(eng_linear_weight_bytes(&a), (in * out + out) * 4);
+    const eng_linear *layers[] = {&a, &t, &p};
+    for (int i = 0; i < 3; i++)
+        for (int o = 0; o < out; o += 19) {
+            CHECK_EQ_INT(eng_linear_f32_row(layers[i], o, row), 0);
+            CHECK_MSG(memcmp(row, w + (size_t)o * in, sizeof row) == 0, "layer %d row %d", i, o);
+        }
+    CHECK_EQ_INT(eng_linear_f32_row(&p, out, row), -1);
+    CHECK_EQ_INT(eng_linear_f32_row(&p, -1, row), -1);
     eng_linear_free(&a); /* a no-op */
+    eng_linear_free(&p);
+    CHECK(eng_linear_convert(&a, ENG_I8, NULL) == 0);
+    CHECK_EQ_INT(eng_linear_f32_row(&a, 0, row), -1);
+    eng_linear_free(&a);
     free(w), free(wt), free(b), free(x);
 }
 
@@ -370,8 +402,8 @@ TEST(kernels_threads_change_nothing)
     int n = 200, in = 192, out = 700;
     float *w = gauss_array((size_t)out * in, 0.05f), *x = gauss_array((size_t)n * in, 1.0f);
     float *y1 = malloc((size_t)n * out * 4), *yn = malloc((size_t)n * out * 4);
-    for (int d = 0; d < 3; d++) {
-        eng_dtype dt = (eng_dtype[]){ENG_I8, ENG_F16, ENG_BF16}[d];
+    for (int d = 0; d < 4; d++) {
+        eng_dtype dt = (eng_dtype[]){ENG_I8, ENG_F16, ENG_BF16, ENG_F32}[d];
         eng_linear l = {.in = in, .out = out, .layout = ENG_W_OUT_IN, .w = w};
         CHECK(eng_linear_convert(&l, dt, NULL) == 0);
         int threads = eng_pool_threads();
