@@ -37,7 +37,7 @@ MAIN_OBJ := $(BUILD)/obj/server/main.o
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/%)
 
-.PHONY: all deps run test unit-test http-test test-deploy test-scale soak soak-test fuzz fuzz-smoke asan asan-test bench install clean
+.PHONY: all deps run test unit-test http-test test-deploy test-scale soak soak-test fuzz fuzz-smoke asan asan-test valgrind-test bench install clean
 
 all: $(BUILD)/predictd $(BUILD)/unit_tests
 
@@ -124,6 +124,17 @@ asan:
 asan-test: asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 build-asan/unit_tests
 	ASAN_OPTIONS=detect_leaks=1 tests/http/run.sh build-asan/predictd
+
+# The HTTP suite with every daemon under valgrind's memcheck: no error, nothing
+# definitely or indirectly lost at exit (tests/http/README.md). Much slower
+# than http-test, so not part of make test. TEST=NAME: only the tests matching NAME.
+VALGRIND := valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+            --show-leak-kinds=definite,indirect --fair-sched=yes --num-callers=30 \
+            --suppressions=tests/http/valgrind.supp --log-file=$(BUILD)/valgrind/%p.log
+
+valgrind-test: $(BUILD)/predictd
+	rm -rf $(BUILD)/valgrind
+	PREDICTD_TEST_WRAPPER="$(VALGRIND)" tests/http/run.sh $(BUILD)/predictd $(TEST)
 
 bench: $(BUILD)/predictd $(BENCH_BIN)
 	scripts/bench.sh $(BUILD)

@@ -9,7 +9,9 @@ Python 3 standard library only.
 import http.client
 import json
 import os
+import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -34,7 +36,21 @@ WORKDIR = None  # a temporary directory for daemon logs
 # Slow builds (ASan) stretch every deadline by this factor.
 SLOW = float(os.environ.get("PREDICTD_TEST_SLOW", "1"))
 
+# A command every daemon runs under, e.g. valgrind (make valgrind-test); the
+# CLI oracle runs bare. WRAPPER_LOG is valgrind's --log-file, %p the pid;
+# without one, valgrind reports in the daemon's stderr.
+WRAPPER = shlex.split(os.environ.get("PREDICTD_TEST_WRAPPER", ""))
+VALGRIND = any(os.path.basename(arg) == "valgrind" for arg in WRAPPER)
+WRAPPER_LOG = next((a.split("=", 1)[1] for a in WRAPPER if a.startswith("--log-file=")), None)
+
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+
+# The first line of a valgrind record (after "Thread N:") that is an error:
+# memcheck's error kinds, the leaks it counts as errors, a fatal signal.
+# "possibly lost" and "still reachable" blocks are not errors.
+VALGRIND_MARKS = ("Invalid ", "uninitialised", "unaddressable", "overlap", "fishy value",
+                  "Mismatched ", "definitely lost in", "indirectly lost in", "Jump to the invalid",
+                  "Process terminating")
 
 
 class TestFailure(Exception):
@@ -62,6 +78,39 @@ def close(got, want, tol, what):
 
 def sanitizer_lines(text):
     return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKS)]
+
+
+def valgrind_records(text):
+    """valgrind's error records in a log (its lines `==PID== ...`), each one
+    string: the error and its stacks."""
+    records, cur = [], []
+    for line in text.splitlines() + ["==0=="]:
+        m = re.match(r"==\d+== ?(.*)$", line)
+        if not m:
+            continue
+        if m.group(1).strip():
+            cur.append(m.group(1))
+        elif cur:
+            head = cur[1] if cur[0].startswith("Thread ") and len(cur) > 1 else cur[0]
+            if any(mark in head for mark in VALGRIND_MARKS):
+                records.append("\n".join(cur))
+            cur = []
+    return records
+
+
+def valgrind_verdict(text):
+    """What is wrong with the summary valgrind writes at exit: None when it
+    counts no error and nothing definitely or indirectly lost."""
+    errors = re.findall(r"ERROR SUMMARY: ([\d,]+) errors", text)
+    if not errors:
+        return "no valgrind ERROR SUMMARY: the daemon did not exit by itself"
+    problems = []
+    if errors[-1] != "0":
+        problems.append("%s errors" % errors[-1])
+    for kind, n in re.findall(r"(definitely|indirectly) lost: ([\d,]+) bytes", text):
+        if n != "0":
+            problems.append("%s bytes %s lost" % (n, kind))
+    return ", ".join(problems) or None
 
 
 # ---- HTTP ------------------------------------------------------------------
@@ -196,6 +245,14 @@ def same_prediction(got, want, tol, what="answer"):
     walk(json.loads(got), json.loads(want), "")
 
 
+def daemon_time(value):
+    """A time option's value for the daemon's command line (a batch wait the
+    harness must act within, a shutdown timeout), as a string. The tests'
+    values hold at ASan's speed (SLOW 4); under a wrapper, whose daemon is
+    slower still, they are stretched SLOW/4 times."""
+    return str(int(value * max(1.0, SLOW / 4)) if WRAPPER else value)
+
+
 def free_port():
     """A port nothing listens on now (the daemon cannot bind port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -245,16 +302,22 @@ class Daemon:
         Daemon._count += 1
         self.log_path = os.path.join(WORKDIR, "%02d-%s.stderr" % (Daemon._count, label))
         self.exit_code = None
+        self.wrapper_log = None  # where the wrapper (valgrind) reports on this run
         self._reported = 0  # sanitizer lines already reported
+        self._records = 0  # valgrind records already reported
         Daemon.started.append(self)
 
     def spawn(self):
         """Starts the process on a free port, without waiting for it."""
         self.port = free_port()
-        argv = [BINARY] + self.args + ["--host", HOST, "--port", str(self.port)]
+        argv = WRAPPER + [BINARY] + self.args + ["--host", HOST, "--port", str(self.port)]
         self._log = open(self.log_path, "ab")
+        if WRAPPER_LOG:  # relative to the daemon's directory, REPO
+            os.makedirs(os.path.dirname(os.path.join(REPO, WRAPPER_LOG)), exist_ok=True)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, env=self.env, cwd=REPO)
+        self.wrapper_log = (os.path.join(REPO, WRAPPER_LOG.replace("%p", str(self.proc.pid)))
+                            if WRAPPER_LOG else self.log_path)
         _live.add(self)
 
     def start(self, ready_timeout=30):
@@ -315,12 +378,26 @@ class Daemon:
             fail("%s exited with %d, want 0" % (self.label, code))
 
     def check_clean(self):
-        """Fails on sanitizer reports in stderr not reported before."""
+        """Fails on sanitizer reports in stderr, or valgrind records in its
+        log, not reported before; once the daemon has exited under valgrind,
+        on a summary counting errors or definite or indirect leaks."""
         lines = sanitizer_lines(self.stderr())
         bad, self._reported = lines[self._reported:], len(lines)
         if bad:
             fail("%s: sanitizer report in stderr (%s):\n%s"
                  % (self.label, self.log_path, "\n".join(bad[:20])))
+        if not VALGRIND:
+            return
+        text = read_text(self.wrapper_log)
+        records = valgrind_records(text)
+        bad, self._records = records[self._records:], len(records)
+        if bad:
+            fail("%s: valgrind error records: %d (%s); the first %d:\n%s"
+                 % (self.label, len(bad), self.wrapper_log, min(len(bad), 3),
+                    "\n\n".join(bad[:3])))
+        verdict = valgrind_verdict(text) if self.exit_code is not None else None
+        if verdict:
+            fail("%s: valgrind: %s (%s)" % (self.label, verdict, self.wrapper_log))
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -333,11 +410,7 @@ class Daemon:
             pass
 
     def stderr(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(self.log_path)
 
     def stderr_tail(self, n=40):
         lines = self.stderr().splitlines()
@@ -357,6 +430,15 @@ class Daemon:
 
 
 _live = set()
+
+
+def read_text(path):
+    """A log file's text ("" if it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def kill_all():

@@ -9,7 +9,10 @@ sanitizer report) is a test of its own, `shutdown[config]`.
 FILTER runs only the test of that name, or if none has it, every test whose
 name contains it. PREDICTD_TEST_TIMES=1 shows how long each test took;
 PREDICTD_TEST_SLOW=F stretches every deadline F times (4 by default for an
-ASan build, found by its __asan_init symbol).
+ASan build, found by its __asan_init symbol; 20 under a wrapper).
+
+PREDICTD_TEST_WRAPPER="valgrind ..." runs every daemon under that command;
+harness.py checks valgrind's log of each run.
 """
 
 import glob
@@ -124,6 +127,18 @@ def is_asan(binary):
         return b"__asan_init" in f.read()
 
 
+def match_valgrind_cpu():
+    """valgrind's virtual CPU offers AVX2 at most, so the daemon runs the
+    AVX2 kernels (and OpenBLAS its Haswell ones) under it; the CLI oracle,
+    run bare, must run the same ones or their answers differ in the last
+    bits. Values the caller set are kept."""
+    os.environ.setdefault("PREDICTD_KERNELS", "avx2")  # clamped down on an older CPU
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split() for line in f if line.startswith("flags")), [])
+    if "avx2" in flags and "fma" in flags:
+        os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+
+
 def main(argv):
     if len(argv) not in (2, 3):
         print("usage: %s BINARY [TEST-NAME-OR-SUBSTRING]" % argv[0], file=sys.stderr)
@@ -132,8 +147,13 @@ def main(argv):
     if not os.access(harness.BINARY, os.X_OK):
         print("%s: not an executable" % argv[1], file=sys.stderr)
         return 2
-    if "PREDICTD_TEST_SLOW" not in os.environ and is_asan(harness.BINARY):
-        harness.SLOW = 4.0
+    if "PREDICTD_TEST_SLOW" not in os.environ:
+        if harness.WRAPPER:
+            harness.SLOW = 20.0
+        elif is_asan(harness.BINARY):
+            harness.SLOW = 4.0
+    if harness.VALGRIND:
+        match_valgrind_cpu()
     harness.WORKDIR = harness.make_workdir()
     # Killed from outside (make's timeout, a CI job), still stop our daemons.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 
-from harness import (REPO, check, close, config, connect, eq, expect, fail, load_json, metric, test,
-                     wait_for)
+from harness import (REPO, SLOW, check, close, config, connect, eq, expect, fail, load_json,
+                     metric, test, wait_for)
 
 GPT2 = os.path.join(REPO, "tests", "fixtures", "gpt2-tiny")
 GOLDEN = load_json(os.path.join(REPO, "tests", "fixtures", "golden", "gpt2.json"))
@@ -122,7 +122,7 @@ def generate_16_concurrent_equal_solo(d):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(60 * SLOW)
     for i in range(16):
         eq(got[i], want[i], "generation %d beside 15 others" % i)
 
@@ -133,7 +133,7 @@ def generate_cancelled_stream_frees_its_cache(d):
     body = json.dumps({"inputs": "Once upon a time", "parameters": {"max_new_tokens": 900}}).encode()
     s.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-    s.settimeout(10)
+    s.settimeout(10 * SLOW)
     got = b""
     while b"data:" not in got:
         chunk = s.recv(4096)

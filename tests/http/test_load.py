@@ -6,8 +6,8 @@ import json
 import threading
 import time
 
-from harness import (HOST, SLOW, TINY, Daemon, check, config, connect, eq, expect, fail, metric,
-                     oracle, oracle_many, q, request, same_prediction, test, wait_for)
+from harness import (HOST, SLOW, TINY, Daemon, check, config, connect, daemon_time, eq, expect,
+                     fail, metric, oracle, oracle_many, q, request, same_prediction, test, wait_for)
 
 
 def parallel(fn, n, timeout=30):
@@ -101,7 +101,7 @@ def concurrent_64_clients(d):
 
 # ---- a client leaves while queued ---------------------------------------------------------
 
-config("slow_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "1500000",
+config("slow_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(1500000),
                       "--max-batch-size", "64"])
 
 
@@ -125,7 +125,7 @@ def disconnect_while_queued(d):
 
 # ---- a full queue --------------------------------------------------------------------------
 
-config("queue_of_one", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "1000000",
+config("queue_of_one", ["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(1000000),
                         "--max-batch-size", "64", "--max-queue", "1"])
 
 
@@ -156,8 +156,9 @@ def sigterm_drains_in_flight():
     n = 32
     # The batch waits long enough for all 32 to queue before it leaves, even
     # under ASan, and for SIGTERM to find them there.
-    d = Daemon(["--model", "tiny=" + TINY, "--max-batch-wait-us", "600000", "--max-batch-size",
-                "64", "--shutdown-timeout", "10"], label="sigterm").start()
+    d = Daemon(["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(600000),
+                "--max-batch-size", "64", "--shutdown-timeout", daemon_time(10)],
+               label="sigterm").start()
     wants = oracle_many([(review(i), None) for i in range(n)])
     check_separated(wants)
     keep = http.client.HTTPConnection(HOST, d.port, timeout=10 * SLOW)
@@ -207,7 +208,7 @@ def sigterm_drains_in_flight():
 
 # ---- a client leaves while its batch runs ---------------------------------------------------
 
-config("long_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "300000",
+config("long_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(300000),
                       "--max-batch-size", "64", "--max-batch-tokens", "65536"])
 
 LONG = " ".join(ADJ[i % 8] for i in range(600))
