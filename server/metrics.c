@@ -46,6 +46,7 @@ typedef enum met_id {
     MET_REQUESTS,
     MET_REQUEST_DURATION,
     MET_CANCELLED,
+    MET_INLINE,
     MET_REJECTED,
     MET_QUEUE_SIZE,
     MET_QUEUE_DURATION,
@@ -97,6 +98,9 @@ static const met_def defs[MET_COUNT] = {
     [MET_CANCELLED] = {"predictd_cancelled_requests_total",
                        "Requests whose client disconnected before the answer.", MET_COUNTER, 1,
                        {"model"}},
+    [MET_INLINE] = {"predictd_inline_requests_total",
+                    "Requests computed on the event loop, skipping the queue (--inline-max-us).",
+                    MET_COUNTER, 1, {"model"}},
     [MET_REJECTED] = {"predictd_rejected_requests_total",
                       "Requests refused before inference, by reason.", MET_COUNTER, 2,
                       {"model", "reason"}},
@@ -399,6 +403,11 @@ void srv_metrics_queue_size(srv_metrics *m, const char *model, int waiting)
 void srv_metrics_cancelled(srv_metrics *m, const char *model)
 {
     record_model(m, MET_CANCELLED, model, 1);
+}
+
+void srv_metrics_inline(srv_metrics *m, const char *model)
+{
+    record_model(m, MET_INLINE, model, 1);
 }
 
 void srv_metrics_batch(srv_metrics *m, const char *model, int sequences, int tokens,

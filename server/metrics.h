@@ -54,6 +54,7 @@ void srv_metrics_generation(srv_metrics *m, const char *model, int new_tokens, i
 
 /* A request whose client disconnected before its answer. */
 void srv_metrics_cancelled(srv_metrics *m, const char *model);
+void srv_metrics_inline(srv_metrics *m, const char *model);
 
 /* A request refused before inference; reason is a fixed word such as
  * "queue_full", "too_large" or "shutting_down". */

@@ -51,18 +51,22 @@ static void job_done(void *ud, srv_job *job)
     uv_async_send(&s->done_async);
 }
 
+static void format_classify(const srv_job *job, srv_reply *r)
+{
+    if (job->rc)
+        srv_reply_eng_error(r, &job->err);
+    else if (job->worker->model->task == MODEL_TASK_IMAGE_TEXT)
+        srv_clip_format(job->worker->model, &job->clip, r);
+    else
+        srv_classify_format(job->worker->model, &job->cls, r);
+}
+
 static void finish_classify(srv_server *s, srv_job *job)
 {
     srv_conn *c = job->conn;
     s->in_flight--;
     if (c) {
-        srv_reply *r = srv_conn_reply(c);
-        if (job->rc)
-            srv_reply_eng_error(r, &job->err);
-        else if (job->worker->model->task == MODEL_TASK_IMAGE_TEXT)
-            srv_clip_format(job->worker->model, &job->clip, r);
-        else
-            srv_classify_format(job->worker->model, &job->cls, r);
+        format_classify(job, srv_conn_reply(c));
         srv_conn_resume(c);
     } else {
         srv_metrics_cancelled(s->metrics, job->worker->name);
@@ -131,6 +135,12 @@ void srv_server_submit(srv_server *s, srv_conn *c, srv_job *job)
 {
     srv_worker *w = job->worker;
     job->conn = c;
+    if (srv_worker_run_inline(w, job)) {
+        format_classify(job, srv_conn_reply(c));
+        srv_job_free(job);
+        srv_conn_send(c);
+        return;
+    }
     if (srv_worker_submit(w, job) != 0) {
         srv_metrics_rejected(s->metrics, w->name, "queue_full");
         srv_reply_detail(srv_conn_reply(c), 429, "Model is overloaded");
@@ -177,6 +187,7 @@ static void models_loaded(uv_work_t *work, int status)
     srv_worker_cfg wc = {
         .max_batch_size = s->opts->max_batch_size, .max_batch_tokens = s->opts->max_batch_tokens,
         .max_batch_wait_us = s->opts->max_batch_wait_us, .max_queue = s->opts->max_queue,
+        .inline_max_us = s->opts->inline_max_us,
         .max_batch_total_tokens = s->opts->max_batch_total_tokens, .limits = s->limits};
     srv_worker_hooks hooks = {.done = job_done, .ud = s, .metrics = s->metrics};
     for (size_t i = 0; i < s->n_workers; i++) {

@@ -104,6 +104,7 @@ static srv_job *take_batch(srv_worker *w)
         }
     }
     int waiting = w->n_waiting;
+    w->busy = taken != NULL;
     pthread_mutex_unlock(&w->lock);
     srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
     return taken;
@@ -116,7 +117,37 @@ static srv_job *take_batch(srv_worker *w)
  * job whose client leaves at any moment, even while the batch computes, and
  * the rows must be handed out exactly as they were packed (re-reading the flag
  * after the forward shifted every later job onto the rows of the one that left). */
-static void run_classify(srv_worker *w, srv_job *jobs)
+/* A moving average of the cost per token (1/8 weight to the newest batch),
+ * so one batch slowed by a preempted core does not flip the inline choice.
+ * The worker and the loop thread both update it; a lost update only delays
+ * the average. */
+static void note_cost(srv_worker *w, double ns_per_token)
+{
+    long old = atomic_load(&w->ns_per_token);
+    double avg = old > 0 ? old + (ns_per_token - old) / 8 : ns_per_token;
+    atomic_store(&w->ns_per_token, (long)avg + 1);
+}
+
+int srv_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    void *q = realloc(*p, need * elem);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = need;
+    return 0;
+}
+
+static void batch_scratch_free(srv_batch_scratch *bs)
+{
+    eng_arena_free(&bs->arena);
+    free(bs->ids), free(bs->off), free(bs->logits);
+    memset(bs, 0, sizeof *bs);
+}
+
+static void run_classify(srv_worker *w, srv_job *jobs, srv_batch_scratch *bs)
 {
     const model *m = w->model;
     int n_seq = 0, n_tok = 0, max_len = 0;
@@ -131,10 +162,15 @@ static void run_classify(srv_worker *w, srv_job *jobs)
     }
     if (!n_seq)
         return;
-    int32_t *ids = malloc((size_t)n_tok * sizeof *ids);
-    int *off = malloc((size_t)(n_seq + 1) * sizeof *off);
-    float *logits = malloc((size_t)n_seq * m->n_labels * sizeof *logits);
-    int s = 0, rc = ids && off && logits ? 0 : ENG_ENOMEM;
+    int s = 0, rc = 0;
+    if (srv_grow((void **)&bs->ids, &bs->cap_ids, (size_t)n_tok, sizeof *bs->ids) ||
+        srv_grow((void **)&bs->off, &bs->cap_off, (size_t)n_seq + 1, sizeof *bs->off) ||
+        srv_grow((void **)&bs->logits, &bs->cap_logits, (size_t)n_seq * m->n_labels,
+                 sizeof *bs->logits))
+        rc = ENG_ENOMEM;
+    int32_t *ids = bs->ids;
+    int *off = bs->off;
+    float *logits = bs->logits;
     eng_err err = {0};
     if (!rc) {
         off[0] = 0;
@@ -143,18 +179,21 @@ static void run_classify(srv_worker *w, srv_job *jobs)
                 memcpy(ids + off[s], j->cls.enc[i].ids, j->cls.enc[i].n * sizeof *ids);
                 off[s + 1] = off[s] + (int)j->cls.enc[i].n;
             }
-        rc = eng_arena_reserve(&w->arena, m->ops->scratch_size(m, n_tok, max_len));
+        rc = eng_arena_reserve(&bs->arena, m->ops->scratch_size(m, n_tok, max_len));
         if (rc)
             eng_err_set(&err, rc, "out of memory for a batch of %d tokens", n_tok);
     }
     double t0 = mono_now();
     if (!rc) {
         model_batch b = {.ids = ids, .seq_off = off, .n_seq = n_seq};
-        rc = m->ops->classify(m, &b, &w->arena, logits, &err);
+        rc = m->ops->classify(m, &b, &bs->arena, logits, &err);
     } else if (!err.code) {
         eng_err_set(&err, rc, "out of memory");
     }
-    srv_metrics_batch(w->hooks.metrics, w->name, n_seq, n_tok, mono_now() - t0);
+    double seconds = mono_now() - t0;
+    if (!rc)
+        note_cost(w, seconds * 1e9 / n_tok);
+    srv_metrics_batch(w->hooks.metrics, w->name, n_seq, n_tok, seconds);
     s = 0;
     for (srv_job *j = jobs; j; j = j->next) {
         if (!j->in_batch)
@@ -167,9 +206,25 @@ static void run_classify(srv_worker *w, srv_job *jobs)
                    (size_t)j->n_seq * m->n_labels * sizeof *logits);
         s += j->n_seq;
     }
-    free(ids);
-    free(off);
-    free(logits);
+}
+
+bool srv_worker_run_inline(srv_worker *w, srv_job *job)
+{
+    long per_token = atomic_load(&w->ns_per_token);
+    if (w->model->task != MODEL_TASK_CLASSIFY || per_token <= 0 ||
+        (double)per_token * job->n_tokens >= w->cfg.inline_max_us * 1e3)
+        return false;
+    pthread_mutex_lock(&w->lock);
+    bool idle = !w->head && !w->busy && !w->stopping;
+    pthread_mutex_unlock(&w->lock);
+    if (!idle)
+        return false; /* never overtake queued work */
+    job->worker = w;
+    job->next = NULL;
+    job->t_enqueue = mono_now();
+    run_classify(w, job, &w->inline_work);
+    srv_metrics_inline(w->hooks.metrics, w->name);
+    return true;
 }
 
 /* ---- generation: continuous batching ------------------------------------ */
@@ -263,9 +318,12 @@ static void *worker_main(void *arg)
         if (!jobs)
             break;
         if (w->model->task == MODEL_TASK_CLASSIFY)
-            run_classify(w, jobs);
+            run_classify(w, jobs, &w->work);
         else if (w->model->task == MODEL_TASK_IMAGE_TEXT)
             srv_worker_run_clip(w, jobs);
+        pthread_mutex_lock(&w->lock);
+        w->busy = false;
+        pthread_mutex_unlock(&w->lock);
         while (jobs) {
             srv_job *next = jobs->next;
             w->hooks.done(w->hooks.ud, jobs);
@@ -279,7 +337,8 @@ int srv_worker_init(srv_worker *w, const char *name)
 {
     memset(w, 0, sizeof *w);
     w->name = strdup(name);
-    eng_arena_init(&w->arena);
+    eng_arena_init(&w->work.arena);
+    eng_arena_init(&w->inline_work.arena);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -320,7 +379,8 @@ void srv_worker_free(srv_worker *w)
     srv_worker_stop(w);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->wake);
-    eng_arena_free(&w->arena);
+    batch_scratch_free(&w->work);
+    batch_scratch_free(&w->inline_work);
     srv_worker_clip_free(w);
     free(w->name);
     w->name = NULL;

@@ -5,7 +5,13 @@
  * holds max_batch_size sequences or max_batch_tokens tokens, or when its oldest
  * request has waited max_batch_wait_us. A finished job goes back to the loop
  * thread through srv_worker_hooks.done, which answers and frees it: the loop
- * thread owns every job except while the worker holds it. */
+ * thread owns every job except while the worker holds it.
+ *
+ * A classification cheaper than the hand-off itself (the model's measured
+ * cost per token times the request's tokens, below inline_max_us) that finds
+ * the worker idle and its queue empty is computed on the loop thread instead:
+ * with a trivially small model the queue, the two thread wake-ups and the
+ * connection's suspend/resume cost more than the forward pass. */
 #ifndef SRV_WORKER_H
 #define SRV_WORKER_H
 
@@ -40,10 +46,22 @@ struct srv_job {
     srv_clip_req clip;       /* MODEL_TASK_IMAGE_TEXT */
 };
 
+/* What a classify forward needs besides the model, for one thread that runs
+ * them (the worker; the loop thread for inline jobs): the packed inputs, the
+ * logits and the arena, grown to the largest batch seen, then reused. */
+typedef struct srv_batch_scratch {
+    eng_arena arena;
+    int32_t *ids;
+    int *off;
+    float *logits;
+    size_t cap_ids, cap_off, cap_logits;
+} srv_batch_scratch;
+
 typedef struct srv_worker_cfg {
     int max_batch_size;
     int max_batch_tokens;
     long max_batch_wait_us;
+    long inline_max_us;          /* 0: every job goes through the queue */
     int max_queue;
     long max_batch_total_tokens; /* generation: the KV-cache budget */
     srv_limits limits;           /* image limits, for decoding on the worker */
@@ -65,9 +83,12 @@ struct srv_worker {
     pthread_cond_t wake;
     srv_job *head, *tail;     /* waiting jobs, oldest first */
     int n_waiting;
+    bool busy;                /* the worker holds a batch */
+    _Atomic long ns_per_token; /* classify cost per token, averaged; 0 until measured */
     bool stopping;
     bool started;
-    eng_arena arena;          /* the worker's scratch; only its thread touches it */
+    srv_batch_scratch work;   /* the worker's scratch; only its thread touches it */
+    srv_batch_scratch inline_work; /* the loop thread's, for jobs it computes itself */
     struct srv_clip_state *clip; /* MODEL_TASK_IMAGE_TEXT buffers and text cache */
 };
 
@@ -84,13 +105,21 @@ void srv_worker_stop(srv_worker *w);
 /* Queues a job. Returns 0, or -1 when the queue is full (the caller answers 429). */
 int srv_worker_submit(srv_worker *w, srv_job *job);
 
+/* Loop thread: computes a classification job at once, as a batch of its own,
+ * when it qualifies (see above), filling its rc, err and logits; returns
+ * false, touching nothing, when it must be queued instead. */
+bool srv_worker_run_inline(srv_worker *w, srv_job *job);
+
 /* Marks a job abandoned; if still queued it is skipped, not computed. */
 void srv_job_cancel(srv_job *job);
 
 /* Frees a job and its task's data (loop thread). */
 void srv_job_free(srv_job *job);
 
-/* Internal to the workers: the image-text batch (server/worker_clip.c). */
+/* Internal to the workers: the image-text batch (server/worker_clip.c), and
+ * growing a buffer to at least need elements of elem bytes (buffers only
+ * grow, so a worker settles at its largest batch): 0, or -1 out of memory. */
+int srv_grow(void **p, size_t *cap, size_t need, size_t elem);
 void srv_worker_run_clip(srv_worker *w, srv_job *jobs);
 void srv_worker_clip_free(srv_worker *w);
 

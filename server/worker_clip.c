@@ -41,19 +41,6 @@ void srv_worker_clip_free(srv_worker *w)
     w->clip = NULL;
 }
 
-/* Grows a buffer to at least need elements; buffers only grow, so a worker
- * settles at its largest batch and stops allocating. */
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    void *q = realloc(*p, need * elem);
-    if (!q)
-        return -1;
-    *p = q;
-    *cap = need;
-    return 0;
-}
 
 static struct srv_clip_state *state(srv_worker *w)
 {
@@ -92,8 +79,8 @@ static void embed_images(srv_worker *w, struct srv_clip_state *st, srv_job *jobs
             n += j->clip.n_images;
     if (!n)
         return;
-    if (grow((void **)&st->pixels, &st->cap_images, n, px * sizeof(float)) ||
-        grow((void **)&st->emb, &st->cap_rows, n, P * sizeof(float))) {
+    if (srv_grow((void **)&st->pixels, &st->cap_images, n, px * sizeof(float)) ||
+        srv_grow((void **)&st->emb, &st->cap_rows, n, P * sizeof(float))) {
         for (srv_job *j = jobs; j; j = j->next)
             fail(j, 503, "out of memory for the batch's images");
         return;
@@ -104,9 +91,9 @@ static void embed_images(srv_worker *w, struct srv_clip_state *st, srv_job *jobs
             srv_clip_load_image(m, &j->clip, i, &w->cfg.limits, st->crop, st->pixels + k * px);
     eng_err err = {0};
     double t0 = mono_now();
-    int rc = eng_arena_reserve(&w->arena, m->ops->image_scratch_size(m, (int)n));
+    int rc = eng_arena_reserve(&w->work.arena, m->ops->image_scratch_size(m, (int)n));
     if (!rc)
-        rc = m->ops->embed_image(m, st->pixels, (int)n, &w->arena, st->emb, &err);
+        rc = m->ops->embed_image(m, st->pixels, (int)n, &w->work.arena, st->emb, &err);
     srv_metrics_batch(w->hooks.metrics, w->name, (int)n, (int)n * 50, mono_now() - t0);
     clip_normalize(st->emb, (int)n, (int)P);
     k = 0;
@@ -149,10 +136,10 @@ static void embed_texts(srv_worker *w, struct srv_clip_state *st, srv_job *jobs)
             tokens += j->clip.texts[i].n;
     if (!rows)
         return;
-    if (grow((void **)&st->off, &st->cap_off, rows + 1, sizeof *st->off) ||
-        grow((void **)&st->dest, &st->cap_dest, rows, sizeof *st->dest) ||
-        grow((void **)&st->emb, &st->cap_rows, rows, P * sizeof(float)) ||
-        grow((void **)&st->ids, &st->cap_ids, tokens, sizeof *st->ids)) {
+    if (srv_grow((void **)&st->off, &st->cap_off, rows + 1, sizeof *st->off) ||
+        srv_grow((void **)&st->dest, &st->cap_dest, rows, sizeof *st->dest) ||
+        srv_grow((void **)&st->emb, &st->cap_rows, rows, P * sizeof(float)) ||
+        srv_grow((void **)&st->ids, &st->cap_ids, tokens, sizeof *st->ids)) {
         for (srv_job *j = jobs; j; j = j->next)
             fail(j, 503, "out of memory for the batch's texts");
         return;
@@ -162,10 +149,10 @@ static void embed_texts(srv_worker *w, struct srv_clip_state *st, srv_job *jobs)
         return;
     eng_err err = {0};
     double t0 = mono_now();
-    int rc = eng_arena_reserve(&w->arena, m->ops->scratch_size(m, (int)T, m->max_positions));
+    int rc = eng_arena_reserve(&w->work.arena, m->ops->scratch_size(m, (int)T, m->max_positions));
     model_batch b = {.ids = st->ids, .seq_off = st->off, .n_seq = (int)n};
     if (!rc)
-        rc = m->ops->embed_text(m, &b, &w->arena, st->emb, &err);
+        rc = m->ops->embed_text(m, &b, &w->work.arena, st->emb, &err);
     srv_metrics_batch(w->hooks.metrics, w->name, (int)n, (int)T, mono_now() - t0);
     clip_normalize(st->emb, (int)n, (int)P);
     for (size_t s = 0; s < n; s++) {

@@ -59,9 +59,35 @@ def queued(d, n):
     return metric(d.metrics(), 'predictd_queue_size{model="tiny"}') == n
 
 
+# The tests below are about the queue: their daemons never compute inline.
+
+# ---- a request to an idle model, computed on the loop --------------------------------
+
+# Any cost qualifies (100 ms), so the test does not depend on the machine's speed.
+config("inline", ["--model", "tiny=" + TINY, "--inline-max-us", "100000"])
+
+
+@test(daemon="inline")
+def inline_when_idle(d):
+    n = 12
+    texts = [review(i) for i in range(n)]
+    wants = oracle_many([(t, None) for t in texts])
+    for i, t in enumerate(texts):
+        expect(d.post("/predict" + q(t)), 200, wants[i])
+    m = d.metrics()
+    # The first request measures the model's cost on its worker; every later
+    # one, sent while the model is idle, is computed on the loop.
+    eq(metric(m, 'predictd_inline_requests_total{model="tiny"}'), float(n - 1),
+       "requests computed inline")
+    eq(metric(m, 'predictd_batch_size_count{model="tiny"}'), float(n), "batches counted")
+    eq(metric(m, 'predictd_requests_total{model="tiny",endpoint="/predict",status="200"}'),
+       float(n), "requests counted")
+
+
 # ---- 64 concurrent clients ------------------------------------------------------------
 
-config("batching", ["--model", "tiny=" + TINY, "--max-batch-wait-us", "20000",
+config("batching", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                    "--max-batch-wait-us", "20000",
                     "--max-batch-size", "64"])
 
 ADJ = ["good", "bad", "dull", "great", "slow", "funny", "sad", "odd"]
@@ -101,7 +127,8 @@ def concurrent_64_clients(d):
 
 # ---- a client leaves while queued ---------------------------------------------------------
 
-config("slow_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(1500000),
+config("slow_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                      "--max-batch-wait-us", daemon_time(1500000),
                       "--max-batch-size", "64"])
 
 
@@ -125,7 +152,8 @@ def disconnect_while_queued(d):
 
 # ---- a full queue --------------------------------------------------------------------------
 
-config("queue_of_one", ["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(1000000),
+config("queue_of_one", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                        "--max-batch-wait-us", daemon_time(1000000),
                         "--max-batch-size", "64", "--max-queue", "1"])
 
 
@@ -156,7 +184,8 @@ def sigterm_drains_in_flight():
     n = 32
     # The batch waits long enough for all 32 to queue before it leaves, even
     # under ASan, and for SIGTERM to find them there.
-    d = Daemon(["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(600000),
+    d = Daemon(["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                "--max-batch-wait-us", daemon_time(600000),
                 "--max-batch-size", "64", "--shutdown-timeout", daemon_time(10)],
                label="sigterm").start()
     wants = oracle_many([(review(i), None) for i in range(n)])
@@ -208,7 +237,8 @@ def sigterm_drains_in_flight():
 
 # ---- a client leaves while its batch runs ---------------------------------------------------
 
-config("long_batch", ["--model", "tiny=" + TINY, "--max-batch-wait-us", daemon_time(300000),
+config("long_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                      "--max-batch-wait-us", daemon_time(300000),
                       "--max-batch-size", "64", "--max-batch-tokens", "65536"])
 
 LONG = " ".join(ADJ[i % 8] for i in range(600))

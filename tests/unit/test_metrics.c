@@ -322,6 +322,7 @@ TEST(metrics_help_and_type_once_per_family)
         "predictd_requests_total counter",
         "predictd_request_duration_seconds histogram",
         "predictd_cancelled_requests_total counter",
+        "predictd_inline_requests_total counter",
         "predictd_rejected_requests_total counter",
         "predictd_queue_size gauge",
         "predictd_queue_duration_seconds histogram",
