@@ -3,6 +3,7 @@
 #include "engine/linear.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -23,6 +24,27 @@ void eng_weights_close(eng_weights *w)
     memset(w, 0, sizeof *w);
 }
 
+/* Drops from the resident set the whole pages of the file mapping that
+ * data covers (a neighbour sharing an edge page keeps that page). The
+ * mapping is private and never written, so a later read faults the bytes
+ * back in from the file: nothing is lost but residency. */
+static void evict_pages(const float *data, size_t n_floats)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)data + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)(data + n_floats)) & ~(page - 1);
+    if (end > begin)
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
+static bool is_owned(const eng_weights *w, const float *data)
+{
+    for (size_t i = 0; i < w->n_owned; i++)
+        if (w->owned[i] == data)
+            return true;
+    return false;
+}
+
 void eng_weights_release(eng_weights *w, const float *data, size_t n_floats)
 {
     if (!data)
@@ -33,13 +55,7 @@ void eng_weights_release(eng_weights *w, const float *data, size_t n_floats)
             w->owned[i] = w->owned[--w->n_owned];
             return;
         }
-    /* Inside a read-only private mapping: drop the whole pages the tensor
-     * covers; a neighbour sharing an edge page keeps that page. */
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t begin = ((uintptr_t)data + page - 1) & ~(page - 1);
-    uintptr_t end = ((uintptr_t)(data + n_floats)) & ~(page - 1);
-    if (end > begin)
-        madvise((void *)begin, end - begin, MADV_DONTNEED);
+    evict_pages(data, n_floats);
 }
 
 int eng_weights_convert_linear(eng_weights *w, eng_linear *l, eng_dtype to, int keep_source,
@@ -47,8 +63,15 @@ int eng_weights_convert_linear(eng_weights *w, eng_linear *l, eng_dtype to, int 
 {
     const float *wt = l->w, *b = l->b;
     int rc = eng_linear_convert(l, to, err);
-    if (rc || keep_source)
+    if (rc)
         return rc;
+    if (keep_source) {
+        /* Converting read every page; the tensor's other reader (a row
+         * gather) touches few, so let it fault in just those. */
+        if (!is_owned(w, wt))
+            evict_pages(wt, (size_t)l->in * l->out);
+        return 0;
+    }
     eng_weights_release(w, wt, (size_t)l->in * l->out);
     if (b)
         eng_weights_release(w, b, (size_t)l->out);

@@ -41,9 +41,10 @@ const float *eng_weights_f32(eng_weights *w, const int64_t *shape, int ndim, con
 void eng_weights_release(eng_weights *w, const float *data, size_t n_floats);
 
 /* Converts a linear layer's weights to dtype to (ENG_F32: packed for our
- * kernels) and gives
- * back the float32 copy it read from, unless keep_source (the tensor is also
- * read elsewhere, e.g. GPT-2's LM head tied to its embeddings). */
+ * kernels) and gives back the float32 copy it read from. With keep_source
+ * (the tensor is also read elsewhere, e.g. GPT-2's LM head tied to its
+ * embeddings) the copy stays valid, but its pages in the file mapping leave
+ * the resident set until read again. */
 struct eng_linear;
 int eng_weights_convert_linear(eng_weights *w, struct eng_linear *l, eng_dtype to, int keep_source,
                                eng_err *err);
