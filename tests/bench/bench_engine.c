@@ -5,16 +5,25 @@
  * Reports the OpenBLAS sgemm peak and the memory bandwidth measured in the
  * same run, so the forward's GFLOP/s and the decode's bytes/s can be read as
  * fractions of what this machine reaches. Figure names follow the peers'
- * (the peers' benchmark scripts) so scripts/bench_table.py can set them side by side. */
+ * (the peers' benchmark scripts) so scripts/bench_table.py can set them side by side.
+ *
+ * Every run also prints the process's resident memory before the model is
+ * loaded, after it, and after the benchmark ("rss ..." figures), and CLIP's
+ * runs time an uploaded 640x480 JPEG's way to pixels (decode + preprocess)
+ * next to the image tower. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "engine/blas.h"
+#include "engine/pool.h"
 #include "models/clip.h"
+#include "models/image.h"
 #include "models/model.h"
+#include "tests/bench/bench_jpeg.h"
 
 static double now(void)
 {
@@ -32,7 +41,7 @@ static int cmp_double(const void *a, const void *b)
 /* Median seconds of reps runs of fn (after one warm-up run). */
 static double median_time(void (*fn)(void *), void *arg, int reps)
 {
-    double t[64];
+    double *t = malloc((size_t)reps * sizeof *t);
     fn(arg);
     for (int i = 0; i < reps; i++) {
         double t0 = now();
@@ -40,7 +49,9 @@ static double median_time(void (*fn)(void *), void *arg, int reps)
         t[i] = now() - t0;
     }
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    return t[reps / 2];
+    double median = t[reps / 2];
+    free(t);
+    return median;
 }
 
 typedef struct gemm_case {
@@ -143,28 +154,47 @@ static void bench_distilbert(const model *m, double peak)
 
 /* ---- memory bandwidth ---------------------------------------------------------- */
 
+/* 16-byte float vectors (GCC's vector extension: SSE on any x86-64), so the
+ * triad is bounded by memory, not by the arithmetic. */
+typedef float f32x4 __attribute__((vector_size(16)));
+
+enum { TRIAD_TASKS = 64 };
+
 typedef struct triad_case {
-    float *a, *b, *c;
-    size_t n;
+    f32x4 *a, *b, *c; /* (n) */
+    size_t n, per_task; /* in vectors */
 } triad_case;
 
-static void run_triad(void *p)
+static void triad_task(void *ctx, int task, int thread)
 {
-    triad_case *t = p;
-    for (size_t i = 0; i < t->n; i++)
+    (void)thread;
+    triad_case *t = ctx;
+    size_t i0 = (size_t)task * t->per_task, i1 = i0 + t->per_task < t->n ? i0 + t->per_task : t->n;
+    for (size_t i = i0; i < i1; i++)
         t->a[i] = t->b[i] + 1.5f * t->c[i];
 }
 
-/* One thread's STREAM-like triad over 3 x 256 MB: the bandwidth a single
- * decode thread can draw. */
+static void run_triad(void *p)
+{
+    eng_pool_run(eng_pool_default(), TRIAD_TASKS, triad_task, p);
+}
+
+/* A STREAM-like triad over 3 x 256 MB on all the threads of the engine's
+ * pool: the bandwidth a decode step, whose GEMVs run on that pool, can draw.
+ * The arrays are filled first: pages of a calloc that were never written all
+ * map the one zero page, whose reads come from the cache, not from DRAM. */
 static double bandwidth_gbs(void)
 {
-    triad_case t = {.n = (size_t)64 << 20};
-    t.a = calloc(t.n, 4), t.b = calloc(t.n, 4), t.c = calloc(t.n, 4);
+    triad_case t = {.n = (size_t)16 << 20};
+    t.per_task = (t.n + TRIAD_TASKS - 1) / TRIAD_TASKS;
+    t.a = malloc(t.n * sizeof *t.a), t.b = malloc(t.n * sizeof *t.b), t.c = malloc(t.n * sizeof *t.c);
+    memset(t.a, 0, t.n * sizeof *t.a), memset(t.b, 1, t.n * sizeof *t.b), memset(t.c, 2, t.n * sizeof *t.c);
     double s = median_time(run_triad, &t, 5);
     free(t.a), free(t.b), free(t.c);
-    double gbs = 3.0 * t.n * 4 / s / 1e9;
-    printf("{\"engine\":\"predictd\",\"figure\":\"triad bandwidth 1 thread\",\"gb_per_s\":%.1f}\n", gbs);
+    double gbs = 3.0 * t.n * sizeof(f32x4) / s / 1e9;
+    int threads = eng_pool_size(eng_pool_default());
+    printf("{\"engine\":\"predictd\",\"figure\":\"triad bandwidth %d thread%s\",\"threads\":%d,"
+           "\"gb_per_s\":%.1f}\n", threads, threads == 1 ? "" : "s", threads, gbs);
     return gbs;
 }
 
@@ -301,10 +331,12 @@ static void run_text(void *p)
     }
 }
 
-static void bench_clip(const model *m)
+/* Times the image tower at batch 1 and 8; returns the batch-1 median seconds. */
+static double bench_clip_images(const model *m)
 {
     char figure[64], extra[128];
     int S = m->image_size;
+    double b1 = 0;
     for (int n = 1; n <= 8; n += 7) {
         clip_case c = {.m = m, .n = n};
         c.pixels = calloc((size_t)n * 3 * S * S, sizeof(float));
@@ -314,12 +346,19 @@ static void bench_clip(const model *m)
         eng_arena_init(&c.arena);
         eng_arena_reserve(&c.arena, m->ops->image_scratch_size(m, n));
         double t = median_time(run_image, &c, n == 1 ? 9 : 5);
+        b1 = n == 1 ? t : b1;
         snprintf(figure, sizeof figure, "image b%d", n);
         snprintf(extra, sizeof extra, "\"ms_per_image_med\":%.2f,\"images_per_s\":%.1f", t * 1e3 / n, n / t);
         emit("clip", figure, t * 1e3, extra);
         eng_arena_free(&c.arena);
         free(c.pixels), free(c.out);
     }
+    return b1;
+}
+
+static void bench_clip_texts(const model *m)
+{
+    char figure[64];
     for (int L = 16; L <= 77; L += 61) {
         clip_case c = {.m = m};
         int32_t ids[8 * 77];
@@ -340,19 +379,116 @@ static void bench_clip(const model *m)
     }
 }
 
+typedef struct preprocess_case {
+    const model *m;
+    const uint8_t *jpeg;
+    size_t len;
+    uint8_t *crop;  /* (crop_h, crop_w, 3) */
+    float *pixels;  /* (3, crop_h, crop_w) */
+} preprocess_case;
+
+/* An uploaded image's way to the image tower, as srv_clip_load_image takes
+ * it: decode, CLIPImageProcessor, free the decoded image. */
+static void run_preprocess(void *p)
+{
+    preprocess_case *c = p;
+    img_rgb8 img = {0};
+    eng_err err = {0};
+    if (img_decode(c->jpeg, c->len, NULL, &img, &err) ||
+        img_clip_preprocess(&img, &c->m->preproc, c->crop, c->pixels, &err)) {
+        fprintf(stderr, "preprocess: %s\n", err.msg);
+        exit(1);
+    }
+    img_rgb8_free(&img);
+}
+
+/* Median of 200 decodes + preprocessings of the 640x480 test photo (one
+ * thread, as a request's worker runs them), and its ratio to the image
+ * tower's batch-1 time: how much a request's image costs before the model. */
+static void bench_clip_preprocess(const model *m, double image_b1)
+{
+    unsigned char *jpeg;
+    unsigned long len;
+    bench_jpeg_pattern(640, 480, &jpeg, &len);
+    const img_preproc_cfg *cfg = &m->preproc;
+    preprocess_case c = {.m = m, .jpeg = jpeg, .len = len};
+    c.crop = malloc((size_t)cfg->crop_h * cfg->crop_w * 3);
+    c.pixels = malloc((size_t)3 * cfg->crop_h * cfg->crop_w * sizeof *c.pixels);
+    double t = median_time(run_preprocess, &c, 200);
+    char extra[128];
+    snprintf(extra, sizeof extra, "\"jpeg_bytes\":%lu,\"ratio_to_image_b1\":%.3f", len, t / image_b1);
+    emit("clip", "jpeg 640x480 decode + preprocess", t * 1e3, extra);
+    free(c.crop), free(c.pixels), free(jpeg);
+}
+
+static void bench_clip(const model *m)
+{
+    double image_b1 = bench_clip_images(m);
+    bench_clip_texts(m);
+    bench_clip_preprocess(m, image_b1);
+}
+
+/* ---- resident memory -------------------------------------------------------------- */
+
+typedef struct mem_use {
+    double rss, hwm;   /* VmRSS, VmHWM (the peak so far), MiB */
+    double anon, file; /* RssAnon, RssFile: copies we own vs pages of mapped files, MiB */
+} mem_use;
+
+/* MiB of the /proc/self/status field key (its values are in kB); 0 if absent. */
+static double status_mib(const char *status, const char *key)
+{
+    const char *at = strstr(status, key);
+    return at ? strtod(at + strlen(key), NULL) / 1024 : 0;
+}
+
+static mem_use mem_now(void)
+{
+    char status[8192] = "";
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        status[fread(status, 1, sizeof status - 1, f)] = 0;
+        fclose(f);
+    }
+    return (mem_use){status_mib(status, "VmRSS:"), status_mib(status, "VmHWM:"),
+                     status_mib(status, "RssAnon:"), status_mib(status, "RssFile:")};
+}
+
+/* One JSON line of the process's resident memory now, then extra's fields.
+ * With base (the reading before the model was loaded) it adds the model's
+ * share, model_rss_mib. hwm_mib right after the load is the load's peak
+ * (conversions included); after the benchmark it includes the benchmark's own
+ * buffers. F32 tensors read in place from the file mapping (embeddings, norms)
+ * count only once a forward has touched them: hence the "rss after benchmark"
+ * line beside "rss after load". */
+static void emit_memory(const char *model_name, const char *figure, const char *dtype,
+                        const mem_use *base, const char *extra)
+{
+    mem_use u = mem_now();
+    printf("{\"engine\":\"predictd\",\"model\":\"%s\",\"figure\":\"%s\",\"dtype\":\"%s\",\"rss_mib\":%.1f,"
+           "\"hwm_mib\":%.1f,\"rss_anon_mib\":%.1f,\"rss_file_mib\":%.1f",
+           model_name, figure, dtype, u.rss, u.hwm, u.anon, u.file);
+    if (base)
+        printf(",\"model_rss_mib\":%.1f", u.rss - base->rss);
+    printf("%s%s}\n", *extra ? "," : "", extra);
+    fflush(stdout);
+}
+
+/* Bytes of dir/model.safetensors; 0 when it cannot be read. */
+static double checkpoint_bytes(const char *dir)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    return stat(path, &st) == 0 ? (double)st.st_size : 0;
+}
+
 /* Bytes of weights a decode step reads: every parameter but the position
  * embeddings (only one row is read). */
 static double file_weight_bytes(const char *dir)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 1;
-    fseek(f, 0, SEEK_END);
-    double n = (double)ftell(f);
-    fclose(f);
-    return n - 1024.0 * 768 * 4;
+    double n = checkpoint_bytes(dir);
+    return n > 0 ? n - 1024.0 * 768 * 4 : 1;
 }
 
 int main(int argc, char **argv)
@@ -370,20 +506,31 @@ int main(int argc, char **argv)
         }
         opts.dtype = (eng_dtype)dt;
     }
+    const char *dtype = eng_dtypes[opts.dtype].name;
     printf("{\"engine\":\"predictd\",\"figure\":\"env\",\"blas_core\":\"%s\",\"blas_threads\":%d,\"dtype\":\"%s\"}\n",
-           eng_blas_corename(), eng_blas_threads(), eng_dtypes[opts.dtype].name);
+           eng_blas_corename(), eng_blas_threads(), dtype);
+    /* The baseline is taken after OpenBLAS has started (the env line), so the
+     * difference to it is the model's alone. */
+    mem_use before = mem_now();
+    emit_memory(argv[1], "rss before load", dtype, NULL, "");
     model *m;
     eng_err err;
     if (model_load(argv[2], &opts, &m, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
+    /* There is no accessor for the bytes a model's weights take; the
+     * checkpoint's size (F32) is the scale the dtypes are judged against. */
+    char checkpoint[64];
+    snprintf(checkpoint, sizeof checkpoint, "\"checkpoint_mib\":%.1f", checkpoint_bytes(argv[2]) / (1 << 20));
+    emit_memory(argv[1], "rss after load", dtype, &before, checkpoint);
     if (strcmp(argv[1], "distilbert") == 0)
         bench_distilbert(m, sgemm_peak());
     else if (strcmp(argv[1], "gpt2") == 0)
         bench_gpt2(m, bandwidth_gbs(), file_weight_bytes(argv[2]));
     else if (strcmp(argv[1], "clip") == 0)
         bench_clip(m);
+    emit_memory(argv[1], "rss after benchmark", dtype, &before, "");
     model_free(m);
     return 0;
 }
