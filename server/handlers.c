@@ -270,25 +270,28 @@ static void handle_models(void *server, srv_conn *c, void *ctx)
     srv_conn_send(c);
 }
 
+/* Answers 200 with a fixed document. */
+static void send_document(srv_conn *c, const char *content_type, const char *text)
+{
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_json(r, 200);
+    r->content_type = content_type;
+    srv_buf_puts(&r->body, text);
+    srv_conn_send(c);
+}
+
 static void handle_openapi(void *server, srv_conn *c, void *ctx)
 {
     (void)server;
     (void)ctx;
-    srv_reply *r = srv_conn_reply(c);
-    srv_reply_json(r, 200);
-    srv_buf_puts(&r->body, srv_openapi_json());
-    srv_conn_send(c);
+    send_document(c, "application/json", srv_openapi_json());
 }
 
 static void handle_docs(void *server, srv_conn *c, void *ctx)
 {
     (void)server;
     (void)ctx;
-    srv_reply *r = srv_conn_reply(c);
-    srv_reply_json(r, 200);
-    r->content_type = "text/html; charset=utf-8";
-    srv_buf_puts(&r->body, srv_docs_html());
-    srv_conn_send(c);
+    send_document(c, "text/html; charset=utf-8", srv_docs_html());
 }
 
 /* ---- routing ------------------------------------------------------------------------ */
