@@ -6,9 +6,10 @@
 #   PARTS="clip" scripts/bench_http.sh build 5     (only some parts)
 #
 # PARTS (default "distilbert clip fastapi"): DistilBERT text classification
-# under predictd; CLIP zero-shot classification of a 640x480 JPEG (base64 in a
+# under predictd, then the tiny fixture (front-end bound, computed inline and
+# queued) next to libmicrohttpd alone answering a constant (its ceiling); CLIP zero-shot classification of a 640x480 JPEG (base64 in a
 # JSON body, four candidate labels) at 8 connections; the FastAPI peer.
-# Needs wrk, and BUILD_DIR's gen_checkpoint and gen_jpeg (make bench builds
+# Needs wrk, and BUILD_DIR's gen_checkpoint, gen_jpeg and mhd_constant (make bench builds
 # them); the FastAPI side needs Debian's python3-fastapi, python3-uvicorn,
 # python3-torch and the peers' folder (PEERS, default ../shared/peers). The
 # real-size random checkpoints are written to $MODELS (default /tmp/perf-models).
@@ -71,6 +72,15 @@ if wants distilbert; then
     stop
     serve_predictd tests/fixtures/distilbert-sst2-tiny
     run_wrk predictd-tiny 64
+    stop
+    serve_predictd tests/fixtures/distilbert-sst2-tiny --inline-max-us 0
+    run_wrk predictd-tiny-queued 64
+    stop
+    # The ceiling: libmicrohttpd alone answering a constant (tests/bench/mhd_constant.c).
+    "$BUILD/mhd_constant" $PORT &
+    SRV=$!
+    wait_ready -X POST "http://127.0.0.1:$PORT$URL_PATH" || { echo "mhd_constant did not start"; exit 1; }
+    run_wrk mhd-constant 64
     stop
 fi
 
