@@ -248,7 +248,7 @@ static void write_model(srv_server *s, size_t i, srv_buf *b)
         srv_buf_printf(b, ",\"task\":\"%s\",\"architecture\":", model_task_name(m->task));
         srv_json_cstr(b, m->architecture);
         srv_buf_printf(b, ",\"dtype\":\"%s\",\"kernels\":\"%s\",\"max_input_tokens\":%d",
-                       eng_dtypes[m->dtype].name, m->dtype == ENG_F32 ? "openblas" : eng_kernel_level(),
+                       eng_dtypes[m->dtype].name, eng_kernel_level(),
                        m->max_positions);
     }
     srv_buf_puts(b, "}");

@@ -3,6 +3,7 @@ oracle in every request form, the demo model's documented examples, and
 /tokenize and /models."""
 
 import json
+import re
 
 from harness import (DEMO, DEMO_EXPECTED, GOLDEN, check, close, eq, expect, load_json, oracle, q,
                      test)
@@ -256,9 +257,13 @@ def tokenize_forms(d):
 
 @test()
 def models_list(d):
+    # Every dtype, F32 included, runs the kernel level the daemon chose at
+    # start-up, which /metrics names too (it depends on the CPU).
+    level = re.search(r'predictd_build_info\{[^}]*kernel_level="([a-z0-9]+)"', d.metrics())
+    check(level is not None, "kernel_level in predictd_build_info")
     one = ('{"name":"%s","default":%s,"loaded":true,"task":"text-classification",'
            '"architecture":"DistilBertForSequenceClassification","dtype":"f32",'
-           '"kernels":"openblas","max_input_tokens":512}')
+           '"kernels":"' + level.group(1) + '","max_input_tokens":512}')
     expect(d.get("/models"), 200, '{"models":[%s,%s]}' % (one % ("tiny", "true"),
                                                           one % ("demo", "false")))
 
