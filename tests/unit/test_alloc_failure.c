@@ -12,6 +12,7 @@
 #include "models/model.h"
 #include "server/classify.h"
 #include "server/generate.h"
+#include "tests/unit/fixtures.h"
 #include "tests/unit/test.h"
 
 void *__real_malloc(size_t n);
@@ -79,20 +80,33 @@ static int load(void *dir)
 
 TEST(alloc_failure_model_load_distilbert)
 {
-    fail_each("loading DistilBERT", load, "tests/fixtures/distilbert-sst2-tiny");
+    fail_each("loading DistilBERT", load, FIXTURE_DISTILBERT);
 }
 
 TEST(alloc_failure_model_load_gpt2)
 {
-    fail_each("loading GPT-2", load, "tests/fixtures/gpt2-tiny");
+    fail_each("loading GPT-2", load, FIXTURE_GPT2);
 }
 
 TEST(alloc_failure_model_load_clip)
 {
-    fail_each("loading CLIP", load, "tests/fixtures/clip-tiny");
+    fail_each("loading CLIP", load, FIXTURE_CLIP);
 }
 
+/* The model the request tests run on. */
 static model *loaded;
+
+/* Loads the model in dir as `loaded`, fails each allocation of fn(arg) in
+ * turn, and frees the model. */
+static void fail_each_on(const char *dir, const char *what, int (*fn)(void *), void *arg)
+{
+    loaded = fixture_model_load(dir, ENG_F32);
+    if (!loaded)
+        return;
+    fail_each(what, fn, arg);
+    model_free(loaded);
+    loaded = NULL;
+}
 
 /* One classification request, parsed, run and answered. Returns 0 for a 200. */
 static int classify_request(void *body)
@@ -121,14 +135,8 @@ static int classify_request(void *body)
 
 TEST(alloc_failure_classify_request)
 {
-    eng_err err = {0};
-    CHECK(model_load("tests/fixtures/distilbert-sst2-tiny", NULL, &loaded, &err) == 0);
-    if (!loaded)
-        return;
-    fail_each("a classification request", classify_request,
-              "{\"inputs\": [\"a gripping film\", \"a dull mess\"], \"raw_scores\": true}");
-    model_free(loaded);
-    loaded = NULL;
+    fail_each_on(FIXTURE_DISTILBERT, "a classification request", classify_request,
+                 "{\"inputs\": [\"a gripping film\", \"a dull mess\"], \"raw_scores\": true}");
 }
 
 static int generate_request(void *body)
@@ -147,12 +155,7 @@ static int generate_request(void *body)
 
 TEST(alloc_failure_generate_parse)
 {
-    eng_err err = {0};
-    CHECK(model_load("tests/fixtures/gpt2-tiny", NULL, &loaded, &err) == 0);
-    if (!loaded)
-        return;
-    fail_each("parsing a generation request", generate_request,
-              "{\"inputs\": \"Hello there\", \"parameters\": {\"max_new_tokens\": 5, \"stop\": [\"x\"]}}");
-    model_free(loaded);
-    loaded = NULL;
+    fail_each_on(FIXTURE_GPT2, "parsing a generation request", generate_request,
+                 "{\"inputs\": \"Hello there\", "
+                 "\"parameters\": {\"max_new_tokens\": 5, \"stop\": [\"x\"]}}");
 }

@@ -7,6 +7,7 @@
 
 #include "models/clip.h"
 #include "models/model.h"
+#include "tests/unit/fixtures.h"
 #include "tests/unit/test.h"
 
 static const struct {
@@ -14,13 +15,24 @@ static const struct {
     double logit_tol; /* DistilBERT logits, absolute */
 } dtypes[] = {{ENG_F16, 0.01}, {ENG_BF16, 0.05}, {ENG_I8, 0.1}};
 
-static model *load_as(const char *dir, eng_dtype dt)
+/* A family's checks of one model m, loaded in a reduced dtype whose logits may
+ * be off by logit_tol, against the golden g. */
+typedef void (*dtype_check)(const model *m, json_t *g, double logit_tol);
+
+/* Loads the golden, then the model in dir in each dtype in turn, and runs
+ * check on each. */
+static void each_dtype(const char *dir, const char *golden, dtype_check check)
 {
-    model *m = NULL;
-    model_load_opts opts = {.dtype = dt};
-    eng_err err = {0};
-    CHECK_MSG(model_load(dir, &opts, &m, &err) == 0, "load %s as %s: %s", dir, eng_dtypes[dt].name, err.msg);
-    return m;
+    json_t *g = fixture_json_load(golden);
+    for (size_t d = 0; g && d < sizeof dtypes / sizeof *dtypes; d++) {
+        model *m = fixture_model_load(dir, dtypes[d].dtype);
+        if (!m)
+            continue;
+        CHECK_EQ_INT(m->dtype, dtypes[d].dtype);
+        check(m, g, dtypes[d].logit_tol);
+        model_free(m);
+    }
+    json_decref(g);
 }
 
 static double cosine(const float *a, const float *b, int n)
@@ -31,165 +43,105 @@ static double cosine(const float *a, const float *b, int n)
     return ab / sqrt(aa * bb);
 }
 
+/* ---- DistilBERT ------------------------------------------------------------ */
+
+static void distilbert_logits_and_labels(const model *m, json_t *g, double logit_tol)
+{
+    double worst = 0;
+    json_t *c;
+    size_t i;
+    json_array_foreach(json_object_get(g, "cases"), i, c) {
+        tok_encoding e;
+        fixture_encode_text(m, json_string_value(json_object_get(c, "text")), &e);
+        float logits[2];
+        fixture_classify(m, &e, 1, logits);
+        json_t *want = json_object_get(c, "logits");
+        double w0 = json_real_value(json_array_get(want, 0)), w1 = json_real_value(json_array_get(want, 1));
+        worst = fmax(worst, fmax(fabs(logits[0] - w0), fabs(logits[1] - w1)));
+        if (fabs(w0 - w1) > 0.2)
+            CHECK_MSG((logits[1] > logits[0]) == (w1 > w0), "%s: label flipped on %s",
+                      eng_dtypes[m->dtype].name, json_string_value(json_object_get(c, "id")));
+        tok_encoding_free(&e);
+    }
+    CHECK_MSG(worst <= logit_tol, "%s: logit error %g > %g", eng_dtypes[m->dtype].name, worst,
+              logit_tol);
+    printf("     distilbert %-4s max |logit error| %.5f\n", eng_dtypes[m->dtype].name, worst);
+}
+
 TEST(dtypes_distilbert_logits_and_labels)
 {
-    json_t *g = json_load_file("tests/fixtures/golden/distilbert.json", 0, NULL);
-    json_t *cases = json_object_get(g, "cases");
-    for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++) {
-        model *m = load_as("tests/fixtures/distilbert-sst2-tiny", dtypes[d].dtype);
-        if (!m)
-            continue;
-        CHECK_EQ_INT(m->dtype, dtypes[d].dtype);
-        double worst = 0;
-        json_t *c;
-        size_t i;
-        json_array_foreach(cases, i, c) {
-            const char *text = json_string_value(json_object_get(c, "text"));
-            tok_encoding e;
-            tok_encoding_init(&e);
-            tok_encode_opts o = {.add_special = true, .max_len = 512};
-            eng_err err = {0};
-            tok_encode(m->tok, text, strlen(text), &o, &e, &err);
-            int off[2] = {0, (int)e.n};
-            model_batch b = {.ids = e.ids, .seq_off = off, .n_seq = 1};
-            eng_arena a;
-            eng_arena_init(&a);
-            eng_arena_reserve(&a, m->ops->scratch_size(m, (int)e.n, (int)e.n));
-            float logits[2];
-            CHECK(m->ops->classify(m, &b, &a, logits, &err) == 0);
-            json_t *want = json_object_get(c, "logits");
-            double w0 = json_real_value(json_array_get(want, 0)), w1 = json_real_value(json_array_get(want, 1));
-            worst = fmax(worst, fmax(fabs(logits[0] - w0), fabs(logits[1] - w1)));
-            if (fabs(w0 - w1) > 0.2)
-                CHECK_MSG((logits[1] > logits[0]) == (w1 > w0), "%s: label flipped on %s",
-                          eng_dtypes[m->dtype].name, json_string_value(json_object_get(c, "id")));
-            eng_arena_free(&a);
-            tok_encoding_free(&e);
+    each_dtype(FIXTURE_DISTILBERT, FIXTURE_DISTILBERT_GOLDEN, distilbert_logits_and_labels);
+}
+
+/* ---- GPT-2 ----------------------------------------------------------------- */
+
+/* The cosine of logits and the golden last logits of greedy case i, when the
+ * golden forward case i is the same prompt; 1 when it is not. */
+static double last_logits_cosine(json_t *g, size_t i, json_t *greedy_case, const float *logits,
+                                 int V)
+{
+    json_t *f = json_array_get(json_object_get(g, "forward"), i);
+    float *gold = fixture_last_logits_read(f, NULL);
+    double cos = 1;
+    if (gold && !strcmp(json_string_value(json_object_get(f, "prompt")),
+                        json_string_value(json_object_get(greedy_case, "prompt"))))
+        cos = cosine(logits, gold, V);
+    free(gold);
+    return cos;
+}
+
+static void gpt2_logits_and_greedy(const model *m, json_t *g, double logit_tol)
+{
+    int V = m->vocab_size;
+    float *logits = malloc((size_t)V * sizeof *logits);
+    double worst_cos = 1;
+    json_t *c;
+    size_t i;
+    json_array_foreach(json_object_get(g, "greedy"), i, c) {
+        json_t *want = json_object_get(c, "generated_ids");
+        fixture_seq s;
+        fixture_seq_start(m, &s, json_object_get(c, "input_ids"), 64, logits);
+        worst_cos = fmin(worst_cos, last_logits_cosine(g, i, c, logits, V));
+        for (int step = 0; step < 5; step++) {
+            int32_t best = fixture_argmax(logits, V);
+            /* A step whose FP32 top-2 margin is within the dtype's logit
+             * error is a tie the quantisation may break either way; the
+             * sequences may part there, so the comparison stops. */
+            double margin = json_real_value(json_object_get(
+                json_array_get(json_object_get(c, "steps"), (size_t)step), "margin_to_second"));
+            if (margin <= logit_tol)
+                break;
+            CHECK_MSG(best == json_integer_value(json_array_get(want, (size_t)step)),
+                      "%s: greedy step %d of %s differs", eng_dtypes[m->dtype].name, step,
+                      json_string_value(json_object_get(c, "prompt")));
+            fixture_seq_feed(m, &s, best, logits);
         }
-        CHECK_MSG(worst <= dtypes[d].logit_tol, "%s: logit error %g > %g", eng_dtypes[m->dtype].name,
-                  worst, dtypes[d].logit_tol);
-        printf("     distilbert %-4s max |logit error| %.5f\n", eng_dtypes[m->dtype].name, worst);
-        model_free(m);
+        free(s.kv.data);
     }
-    json_decref(g);
+    CHECK_MSG(worst_cos >= 0.99, "%s: last-logits cosine %g", eng_dtypes[m->dtype].name, worst_cos);
+    printf("     gpt2       %-4s min last-logits cosine %.6f\n", eng_dtypes[m->dtype].name, worst_cos);
+    free(logits);
 }
 
 TEST(dtypes_gpt2_logits_and_greedy)
 {
-    json_t *g = json_load_file("tests/fixtures/golden/gpt2.json", 0, NULL);
-    for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++) {
-        model *m = load_as("tests/fixtures/gpt2-tiny", dtypes[d].dtype);
-        if (!m)
-            continue;
-        int V = m->vocab_size;
-        float *logits = malloc((size_t)V * sizeof *logits);
-        double worst_cos = 1;
-        json_t *c;
-        size_t i;
-        json_array_foreach(json_object_get(g, "greedy"), i, c) {
-            json_t *prompt = json_object_get(c, "input_ids"), *want = json_object_get(c, "generated_ids");
-            int n = (int)json_array_size(prompt), cap = n + 6;
-            int32_t ids[64];
-            for (int k = 0; k < n; k++)
-                ids[k] = (int32_t)json_integer_value(json_array_get(prompt, (size_t)k));
-            model_kv kv = {.data = malloc(m->ops->kv_floats(m, cap) * sizeof(float)), .capacity = cap};
-            model_kv *kvp = &kv;
-            eng_arena a;
-            eng_arena_init(&a);
-            eng_arena_reserve(&a, m->ops->scratch_size(m, n, cap));
-            eng_err err = {0};
-            const int32_t *feed = ids;
-            int n_feed = n;
-            for (int step = 0; step < 5; step++) {
-                int off[2] = {0, n_feed};
-                model_batch b = {.ids = feed, .seq_off = off, .n_seq = 1};
-                CHECK(m->ops->generate_step(m, &b, &kvp, &a, logits, &err) == 0);
-                if (step == 0) {
-                    char path[256];
-                    json_t *f = json_array_get(json_object_get(g, "forward"), i);
-                    snprintf(path, sizeof path, "tests/fixtures/golden/%s",
-                             json_string_value(json_object_get(f, "last_logits_file")));
-                    float *gold = (float *)test_read_file(path, NULL);
-                    if (gold && !strcmp(json_string_value(json_object_get(f, "prompt")),
-                                        json_string_value(json_object_get(c, "prompt"))))
-                        worst_cos = fmin(worst_cos, cosine(logits, gold, V));
-                    free(gold);
-                }
-                int best = 0;
-                for (int v = 1; v < V; v++)
-                    best = logits[v] > logits[best] ? v : best;
-                /* A step whose FP32 top-2 margin is within the dtype's logit
-                 * error is a tie the quantisation may break either way; the
-                 * sequences may part there, so the comparison stops. */
-                double margin = json_real_value(json_object_get(
-                    json_array_get(json_object_get(c, "steps"), (size_t)step), "margin_to_second"));
-                if (margin <= dtypes[d].logit_tol)
-                    break;
-                CHECK_MSG(best == json_integer_value(json_array_get(want, (size_t)step)),
-                          "%s: greedy step %d of %s differs", eng_dtypes[m->dtype].name, step,
-                          json_string_value(json_object_get(c, "prompt")));
-                ids[n + step] = best;
-                feed = &ids[n + step];
-                n_feed = 1;
-            }
-            eng_arena_free(&a);
-            free(kv.data);
-        }
-        CHECK_MSG(worst_cos >= 0.99, "%s: last-logits cosine %g", eng_dtypes[m->dtype].name, worst_cos);
-        printf("     gpt2       %-4s min last-logits cosine %.6f\n", eng_dtypes[m->dtype].name, worst_cos);
-        free(logits);
-        model_free(m);
-    }
-    json_decref(g);
+    each_dtype(FIXTURE_GPT2, FIXTURE_GPT2_GOLDEN, gpt2_logits_and_greedy);
 }
 
+/* ---- CLIP ------------------------------------------------------------------ */
+
+/* The normalised embeddings of the images and texts g names: img (n_img,
+ * proj_dim), txt (n_txt, proj_dim). */
 static void clip_embeddings(const model *m, json_t *g, float *img, float *txt)
 {
-    json_t *files = json_object_get(g, "image_files"), *ids = json_object_get(g, "text_input_ids");
-    int S = m->image_size, n_img = (int)json_array_size(files), n_txt = (int)json_array_size(ids);
-    float *px = malloc((size_t)n_img * 3 * S * S * sizeof *px);
-    uint8_t *crop = malloc((size_t)S * S * 3);
-    for (int i = 0; i < n_img; i++) {
-        char path[256];
-        const char *f = json_string_value(json_array_get(files, (size_t)i));
-        const char *jpg = strstr(f, ".jpg");
-        if (jpg)
-            snprintf(path, sizeof path, "tests/fixtures/golden/%.*s.decoded.png", (int)(jpg - f), f);
-        else
-            snprintf(path, sizeof path, "tests/fixtures/golden/%s", f);
-        size_t len;
-        uint8_t *data = (uint8_t *)test_read_file(path, &len);
-        img_rgb8 im = {0};
-        eng_err err = {0};
-        if (data && !img_decode(data, len, NULL, &im, &err))
-            img_clip_preprocess(&im, &m->preproc, crop, px + (size_t)i * 3 * S * S, &err);
-        img_rgb8_free(&im);
-        free(data);
-    }
-    eng_arena a;
-    eng_arena_init(&a);
-    eng_arena_reserve(&a, m->ops->image_scratch_size(m, n_img) + m->ops->scratch_size(m, n_txt * 77, 77));
-    eng_err err = {0};
-    CHECK(m->ops->embed_image(m, px, n_img, &a, img, &err) == 0);
-    int32_t buf[77 * 16];
-    int off[17], T = 0;
-    off[0] = 0;
-    for (int s = 0; s < n_txt; s++) {
-        json_t *row = json_array_get(ids, (size_t)s);
-        for (size_t k = 0; k < json_array_size(row); k++) {
-            int32_t id = (int32_t)json_integer_value(json_array_get(row, k));
-            if (k > 0 && id == 49407 && buf[T - 1] == 49407)
-                break;
-            buf[T++] = id;
-        }
-        off[s + 1] = T;
-    }
-    model_batch b = {.ids = buf, .seq_off = off, .n_seq = n_txt};
-    CHECK(m->ops->embed_text(m, &b, &a, txt, &err) == 0);
+    json_t *ids = json_object_get(g, "text_input_ids");
+    int n_img;
+    float *px = fixture_clip_pixels(m, json_object_get(g, "image_files"), &n_img);
+    fixture_clip_embed_images(m, px, n_img, img);
+    fixture_clip_embed_texts(m, ids, txt);
     clip_normalize(img, n_img, m->proj_dim);
-    clip_normalize(txt, n_txt, m->proj_dim);
-    eng_arena_free(&a);
-    free(px), free(crop);
+    clip_normalize(txt, (int)json_array_size(ids), m->proj_dim);
+    free(px);
 }
 
 /* The zero-shot golden: its image against its hypothesis texts, ranked as
@@ -220,31 +172,29 @@ static bool zero_shot_order_kept(const model *m, json_t *g)
     return kept;
 }
 
+static void clip_embeddings_and_ranking(const model *m, json_t *g, double logit_tol)
+{
+    (void)logit_tol; /* the bound is on cosines, the same for every dtype */
+    int P = m->proj_dim, n_img = (int)json_array_size(json_object_get(g, "image_files"));
+    int n_txt = (int)json_array_size(json_object_get(g, "texts"));
+    float *img = malloc((size_t)n_img * P * 4), *txt = malloc((size_t)n_txt * P * 4), want[64];
+    clip_embeddings(m, g, img, txt);
+    double worst = 1;
+    for (int i = 0; i < n_img + n_txt; i++) {
+        json_t *row = json_array_get(json_object_get(g, i < n_img ? "image_embeds" : "text_embeds"),
+                                     (size_t)(i < n_img ? i : i - n_img));
+        for (int k = 0; k < P; k++)
+            want[k] = (float)json_real_value(json_array_get(row, (size_t)k));
+        worst = fmin(worst, cosine(i < n_img ? img + (size_t)i * P : txt + (size_t)(i - n_img) * P, want, P));
+    }
+    CHECK_MSG(worst >= 0.99, "%s: embedding cosine %g", eng_dtypes[m->dtype].name, worst);
+    CHECK_MSG(zero_shot_order_kept(m, g), "%s: the zero-shot ranking changed",
+              eng_dtypes[m->dtype].name);
+    printf("     clip       %-4s min embedding cosine %.6f\n", eng_dtypes[m->dtype].name, worst);
+    free(img), free(txt);
+}
+
 TEST(dtypes_clip_embeddings_and_ranking)
 {
-    json_t *g = json_load_file("tests/fixtures/golden/clip.json", 0, NULL);
-    for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++) {
-        model *m = load_as("tests/fixtures/clip-tiny", dtypes[d].dtype);
-        if (!m)
-            continue;
-        int P = m->proj_dim, n_img = (int)json_array_size(json_object_get(g, "image_files"));
-        int n_txt = (int)json_array_size(json_object_get(g, "texts"));
-        float *img = malloc((size_t)n_img * P * 4), *txt = malloc((size_t)n_txt * P * 4), want[64];
-        clip_embeddings(m, g, img, txt);
-        double worst = 1;
-        for (int i = 0; i < n_img + n_txt; i++) {
-            json_t *row = json_array_get(json_object_get(g, i < n_img ? "image_embeds" : "text_embeds"),
-                                         (size_t)(i < n_img ? i : i - n_img));
-            for (int k = 0; k < P; k++)
-                want[k] = (float)json_real_value(json_array_get(row, (size_t)k));
-            worst = fmin(worst, cosine(i < n_img ? img + (size_t)i * P : txt + (size_t)(i - n_img) * P, want, P));
-        }
-        CHECK_MSG(worst >= 0.99, "%s: embedding cosine %g", eng_dtypes[m->dtype].name, worst);
-        CHECK_MSG(zero_shot_order_kept(m, g), "%s: the zero-shot ranking changed",
-                  eng_dtypes[m->dtype].name);
-        printf("     clip       %-4s min embedding cosine %.6f\n", eng_dtypes[m->dtype].name, worst);
-        free(img), free(txt);
-        model_free(m);
-    }
-    json_decref(g);
+    each_dtype(FIXTURE_CLIP, FIXTURE_CLIP_GOLDEN, clip_embeddings_and_ranking);
 }

@@ -6,19 +6,8 @@
 
 #include "models/model.h"
 #include "server/generate.h"
+#include "tests/unit/fixtures.h"
 #include "tests/unit/test.h"
-
-#define TINY "tests/fixtures/gpt2-tiny"
-#define GOLDEN "tests/fixtures/golden/gpt2.json"
-
-static model *load_tiny(void)
-{
-    model *m = NULL;
-    eng_err err = {0};
-    int rc = model_load(TINY, NULL, &m, &err);
-    CHECK_MSG(rc == 0, "load: %s", err.msg);
-    return rc ? NULL : m;
-}
 
 static const srv_limits limits = {.max_client_batch = 32, .max_new_tokens = 1024,
                                   .max_batch_total_tokens = 1 << 20};
@@ -95,31 +84,41 @@ static void check_ids(const srv_gen_seq *q, json_t *want)
         CHECK_EQ_INT(q->tokens[k], json_integer_value(json_array_get(want, (size_t)k)));
 }
 
-static char *body_for(const char *prompt, const char *params)
+/* Parses the request {"inputs": prompt, "parameters": params} in form, not
+ * streamed; NULL (and a test failure) when it does not parse. */
+static srv_gen_job *parse_prompt(const model *m, srv_gen_form form, const char *prompt,
+                                 const char *params)
 {
-    json_t *p = json_loads(params, 0, NULL);
-    json_t *b = json_pack("{s:s, s:o}", "inputs", prompt, "parameters", p);
-    char *s = json_dumps(b, 0);
-    json_decref(b);
-    return s;
+    json_t *req = json_pack("{s:s, s:o}", "inputs", prompt, "parameters",
+                            json_loads(params, 0, NULL));
+    char *body = json_dumps(req, 0);
+    json_decref(req);
+    srv_gen_job *job = parse(m, form, body, false);
+    free(body);
+    return job;
 }
 
-TEST(generate_golden_greedy_and_pipeline_text)
+/* parse_prompt, then the job run alone to the end. The caller frees it with
+ * free_job. */
+static srv_gen_job *generate_alone(const model *m, srv_gen_form form, const char *prompt,
+                                   const char *params)
 {
-    model *m = load_tiny();
-    json_t *g = json_load_file(GOLDEN, 0, NULL);
-    if (!m || !g)
-        return;
+    srv_gen_job *job = parse_prompt(m, form, prompt, params);
+    if (job)
+        run_all(m, &job, (int[]){0}, 1);
+    return job;
+}
+
+MODEL_TEST(generate_golden_greedy_and_pipeline_text, FIXTURE_GPT2, FIXTURE_GPT2_GOLDEN)
+{
     json_t *c;
     size_t i;
     json_array_foreach(json_object_get(g, "greedy"), i, c) {
-        char *body = body_for(json_string_value(json_object_get(c, "prompt")),
-                              "{\"do_sample\": false, \"max_new_tokens\": 20}");
-        srv_gen_job *job = parse(m, SRV_GEN_PIPELINE, body, false);
-        free(body);
+        const char *prompt = json_string_value(json_object_get(c, "prompt"));
+        srv_gen_job *job = generate_alone(m, SRV_GEN_PIPELINE, prompt,
+                                          "{\"do_sample\": false, \"max_new_tokens\": 20}");
         if (!job)
             continue;
-        run_all(m, &job, (int[]){0}, 1);
         check_ids(&job->seqs[0], json_object_get(c, "generated_ids"));
         srv_reply out;
         srv_reply_init(&out);
@@ -131,16 +130,10 @@ TEST(generate_golden_greedy_and_pipeline_text)
         srv_reply_free(&out);
         free_job(job);
     }
-    json_decref(g);
-    model_free(m);
 }
 
-TEST(generate_golden_beam_search)
+MODEL_TEST(generate_golden_beam_search, FIXTURE_GPT2, FIXTURE_GPT2_GOLDEN)
 {
-    model *m = load_tiny();
-    json_t *g = json_load_file(GOLDEN, 0, NULL);
-    if (!m || !g)
-        return;
     json_t *c;
     size_t i;
     json_array_foreach(json_object_get(g, "beam"), i, c) {
@@ -148,72 +141,53 @@ TEST(generate_golden_beam_search)
         snprintf(params, sizeof params, "{\"num_beams\": %d, \"length_penalty\": 1.0, "
                  "\"early_stopping\": false, \"max_new_tokens\": 20}",
                  (int)json_integer_value(json_object_get(c, "num_beams")));
-        char *body = body_for(json_string_value(json_object_get(c, "prompt")), params);
-        srv_gen_job *job = parse(m, SRV_GEN_TGI, body, false);
-        free(body);
+        const char *prompt = json_string_value(json_object_get(c, "prompt"));
+        srv_gen_job *job = generate_alone(m, SRV_GEN_TGI, prompt, params);
         if (!job)
             continue;
-        run_all(m, &job, (int[]){0}, 1);
         check_ids(&job->seqs[0], json_object_get(c, "generated_ids"));
         free_job(job);
     }
-    json_decref(g);
-    model_free(m);
 }
 
 /* Sixteen greedy generations of different lengths, joining at different
  * steps, each equal to its run alone. */
-TEST(generate_continuous_batching_equals_solo)
+MODEL_TEST(generate_continuous_batching_equals_solo, FIXTURE_GPT2, NULL)
 {
-    model *m = load_tiny();
-    if (!m)
-        return;
     const char *prompts[] = {"Hello, my dog is cute", "The", "Once upon a time", "Numbers 1 2 3"};
     srv_gen_job *batch[16], *solo;
     int start[16];
     for (int i = 0; i < 16; i++) {
         char params[96];
         snprintf(params, sizeof params, "{\"max_new_tokens\": %d}", 3 + (i * 5) % 17);
-        char *body = body_for(prompts[i % 4], params);
-        batch[i] = parse(m, SRV_GEN_TGI, body, false);
-        free(body);
+        batch[i] = parse_prompt(m, SRV_GEN_TGI, prompts[i % 4], params);
         start[i] = i % 5;
     }
     run_all(m, batch, start, 16);
     for (int i = 0; i < 16; i++) {
         char params[96];
         snprintf(params, sizeof params, "{\"max_new_tokens\": %d}", 3 + (i * 5) % 17);
-        char *body = body_for(prompts[i % 4], params);
-        solo = parse(m, SRV_GEN_TGI, body, false);
-        free(body);
-        run_all(m, &solo, (int[]){0}, 1);
+        solo = generate_alone(m, SRV_GEN_TGI, prompts[i % 4], params);
         CHECK_EQ_INT(batch[i]->seqs[0].n_tokens, solo->seqs[0].n_tokens);
         for (int k = 0; k < solo->seqs[0].n_tokens; k++)
             CHECK_EQ_INT(batch[i]->seqs[0].tokens[k], solo->seqs[0].tokens[k]);
         free_job(solo);
         free_job(batch[i]);
     }
-    model_free(m);
 }
 
 static void sample(const model *m, const char *params, int32_t *out, int *n)
 {
-    char *body = body_for("Once upon a time", params);
-    srv_gen_job *job = parse(m, SRV_GEN_TGI, body, false);
-    free(body);
+    srv_gen_job *job = generate_alone(m, SRV_GEN_TGI, "Once upon a time", params);
     if (!job)
         return;
-    run_all(m, &job, (int[]){0}, 1);
     *n = job->seqs[0].n_tokens;
     memcpy(out, job->seqs[0].tokens, (size_t)*n * sizeof *out);
     free_job(job);
 }
 
-TEST(generate_sampling_seeded_and_temperature_limit)
+MODEL_TEST(generate_sampling_seeded_and_temperature_limit, FIXTURE_GPT2, NULL)
 {
-    model *m = load_tiny();
-    if (!m)
-        return;
     int32_t a[32], b[32], c[32], greedy[32], cold[32];
     int na = 0, nb = 0, nc = 0, ng = 0, ncold = 0;
     sample(m, "{\"do_sample\": true, \"seed\": 7, \"max_new_tokens\": 24}", a, &na);
@@ -226,15 +200,11 @@ TEST(generate_sampling_seeded_and_temperature_limit)
     sample(m, "{\"do_sample\": true, \"temperature\": 0.0001, \"seed\": 3, \"max_new_tokens\": 24}",
            cold, &ncold);
     CHECK(ng == ncold && memcmp(greedy, cold, (size_t)ng * sizeof *greedy) == 0);
-    model_free(m);
 }
 
 /* Concatenated stream events equal the whole answer; stop text never shows. */
-TEST(generate_stream_equals_whole_answer)
+MODEL_TEST(generate_stream_equals_whole_answer, FIXTURE_GPT2, NULL)
 {
-    model *m = load_tiny();
-    if (!m)
-        return;
     const char *body = "{\"inputs\": \"Unicode: café 日本語 🙂\", \"parameters\": "
                        "{\"max_new_tokens\": 20, \"stop\": [\"783\"]}}";
     srv_gen_job *job = parse(m, SRV_GEN_TGI, body, true);
@@ -279,14 +249,10 @@ TEST(generate_stream_equals_whole_answer)
     srv_buf_free(&text);
     srv_gen_sched_free(s);
     free_job(job);
-    model_free(m);
 }
 
-TEST(generate_rejects_bad_parameters)
+MODEL_TEST(generate_rejects_bad_parameters, FIXTURE_GPT2, NULL)
 {
-    model *m = load_tiny();
-    if (!m)
-        return;
     static const struct {
         const char *body, *field;
     } cases[] = {
@@ -311,5 +277,4 @@ TEST(generate_rejects_bad_parameters)
         srv_reply_free(&err);
         srv_gen_job_free(&job);
     }
-    model_free(m);
 }

@@ -7,10 +7,8 @@
 #include <unistd.h>
 
 #include "models/tok_bpe.h"
+#include "tests/unit/fixtures.h"
 #include "tests/unit/test.h"
-
-#define GPT2_DIR "tests/fixtures/gpt2-tiny"
-#define CLIP_DIR "tests/fixtures/clip-tiny"
 
 static tok_tokenizer *load(const char *dir, tok_bpe_flavor flavor)
 {
@@ -19,14 +17,6 @@ static tok_tokenizer *load(const char *dir, tok_bpe_flavor flavor)
     int rc = tok_bpe_load(dir, flavor, &t, &err);
     CHECK_MSG(rc == 0, "tok_bpe_load(%s): %d %s", dir, rc, err.msg);
     return t;
-}
-
-static json_t *load_json(const char *path)
-{
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    CHECK_MSG(root, "%s: %s", path, jerr.text);
-    return root;
 }
 
 /* The golden cases of a family: the "tokenization" array of its golden file. */
@@ -65,74 +55,85 @@ static int encode(const tok_tokenizer *t, const char *s, size_t len, bool specia
     return rc;
 }
 
-TEST(bpe_gpt2_golden_ids_and_tokens)
+static const char *case_id(const json_t *c)
 {
-    tok_tokenizer *t = load(GPT2_DIR, TOK_BPE_GPT2);
-    json_t *root = load_json("tests/fixtures/golden/gpt2.json");
-    if (!t || !root)
-        goto out;
-    json_t *cases = golden_cases(root), *c;
+    return json_string_value(json_object_get(c, "id"));
+}
+
+/* A family's own checks of golden case c, whose text t encoded as e. */
+typedef void (*case_check)(const tok_tokenizer *t, const json_t *c, const tok_encoding *e);
+
+/* Encodes each golden case of the golden file with t (special tokens added,
+ * at most max_len tokens, 0: no limit), checks its ids, and runs more on it. */
+static void check_golden_cases(const tok_tokenizer *t, const char *golden, size_t max_len,
+                               case_check more)
+{
+    json_t *root = fixture_json_load(golden), *c;
+    if (!root)
+        return;
     size_t i;
     tok_encoding e;
     tok_encoding_init(&e);
-    json_array_foreach(cases, i, c) {
+    json_array_foreach(golden_cases(root), i, c) {
         size_t len;
         const char *text = case_text(c, &len);
-        const char *id = json_string_value(json_object_get(c, "id"));
-        if (encode(t, text, len, true, 0, &e))
+        if (encode(t, text, len, true, max_len, &e))
             continue;
-        check_ids(&e, json_object_get(c, "ids"), id);
-        CHECK_EQ_INT(e.n_untruncated, e.n);
-        json_t *tokens = json_object_get(c, "tokens");
-        for (size_t k = 0; k < e.n && k < json_array_size(tokens); k++) {
-            size_t tlen = 0;
-            const char *tok = t->ops->id_to_token(t, e.ids[k], &tlen);
-            const char *want = json_string_value(json_array_get(tokens, k));
-            CHECK_MSG(tok && tlen == strlen(want) && memcmp(tok, want, tlen) == 0,
-                      "%s: token %zu is \"%.*s\", want \"%s\"", id, k, (int)tlen, tok, want);
-        }
+        check_ids(&e, json_object_get(c, "ids"), case_id(c));
+        more(t, c, &e);
     }
     tok_encoding_free(&e);
-out:
     json_decref(root);
+}
+
+/* GPT-2 never truncates here, and each id spells the golden token. */
+static void check_gpt2_case(const tok_tokenizer *t, const json_t *c, const tok_encoding *e)
+{
+    CHECK_EQ_INT(e->n_untruncated, e->n);
+    json_t *tokens = json_object_get(c, "tokens");
+    for (size_t k = 0; k < e->n && k < json_array_size(tokens); k++) {
+        size_t tlen = 0;
+        const char *tok = t->ops->id_to_token(t, e->ids[k], &tlen);
+        const char *want = json_string_value(json_array_get(tokens, k));
+        CHECK_MSG(tok && tlen == strlen(want) && memcmp(tok, want, tlen) == 0,
+                  "%s: token %zu is \"%.*s\", want \"%s\"", case_id(c), k, (int)tlen, tok, want);
+    }
+}
+
+TEST(bpe_gpt2_golden_ids_and_tokens)
+{
+    tok_tokenizer *t = load(FIXTURE_GPT2, TOK_BPE_GPT2);
+    if (t)
+        check_golden_cases(t, FIXTURE_GPT2_GOLDEN, 0, check_gpt2_case);
     tok_tokenizer_free(t);
 }
 
-/* decode(encode(text)) == text, and the token spans tile the text. */
+/* decode(the golden ids) == text, and the token spans tile the text. */
+static void check_gpt2_roundtrip(const tok_tokenizer *t, const json_t *c, const tok_encoding *e)
+{
+    size_t len;
+    const char *text = case_text(c, &len);
+    int32_t ids[256];
+    size_t n_ids = (size_t)fixture_json_ids(json_object_get(c, "ids"), ids, 256);
+    char buf[1024];
+    size_t n = tok_bpe_decode(t, ids, n_ids, buf, sizeof buf);
+    CHECK_MSG(n == len && memcmp(buf, text, len) == 0, "decode \"%s\" gave \"%.*s\"", text,
+              (int)(n < sizeof buf ? n : sizeof buf), buf);
+    CHECK_EQ_INT(tok_bpe_decode(t, ids, n_ids, NULL, 0), len);
+    uint32_t at = 0;
+    for (size_t k = 0; k < e->n; k++) {
+        CHECK_MSG(e->start[k] == at && e->stop[k] > e->start[k], "\"%s\" token %zu spans [%u, %u)",
+                  text, k, e->start[k], e->stop[k]);
+        at = e->stop[k];
+    }
+    CHECK_EQ_INT(at, len);
+}
+
 TEST(bpe_gpt2_decode_and_offsets_roundtrip)
 {
-    tok_tokenizer *t = load(GPT2_DIR, TOK_BPE_GPT2);
-    json_t *root = load_json("tests/fixtures/golden/gpt2.json");
-    if (!t || !root)
-        goto out;
-    json_t *cases = golden_cases(root), *c;
-    size_t i;
-    json_array_foreach(cases, i, c) {
-        size_t len, n_ids = json_array_size(json_object_get(c, "ids"));
-        const char *text = case_text(c, &len);
-        int32_t ids[256];
-        for (size_t k = 0; k < n_ids && k < 256; k++)
-            ids[k] = (int32_t)json_integer_value(json_array_get(json_object_get(c, "ids"), k));
-        char buf[1024];
-        size_t n = tok_bpe_decode(t, ids, n_ids, buf, sizeof buf);
-        CHECK_MSG(n == len && memcmp(buf, text, len) == 0, "decode \"%s\" gave \"%.*s\"", text,
-                  (int)(n < sizeof buf ? n : sizeof buf), buf);
-        CHECK_EQ_INT(tok_bpe_decode(t, ids, n_ids, NULL, 0), len);
-
-        tok_encoding e;
-        tok_encoding_init(&e);
-        encode(t, text, len, true, 0, &e);
-        uint32_t at = 0;
-        for (size_t k = 0; k < e.n; k++) {
-            CHECK_MSG(e.start[k] == at && e.stop[k] > e.start[k], "\"%s\" token %zu spans [%u, %u)",
-                      text, k, e.start[k], e.stop[k]);
-            at = e.stop[k];
-        }
-        CHECK_EQ_INT(at, len);
-        tok_encoding_free(&e);
-    }
-out:
-    json_decref(root);
+    tok_tokenizer *t = load(FIXTURE_GPT2, TOK_BPE_GPT2);
+    if (t)
+        check_golden_cases(t, FIXTURE_GPT2_GOLDEN, 0, check_gpt2_roundtrip);
     tok_tokenizer_free(t);
 }
 
@@ -141,7 +142,7 @@ out:
  * " \U0001F642\U0001F389" is the one of the golden "unicode" case. */
 TEST(bpe_gpt2_partial_utf8_token)
 {
-    tok_tokenizer *t = load(GPT2_DIR, TOK_BPE_GPT2);
+    tok_tokenizer *t = load(FIXTURE_GPT2, TOK_BPE_GPT2);
     if (!t)
         return;
     const char *text = " \xf0\x9f\x99\x82\xf0\x9f\x8e\x89";
@@ -170,7 +171,7 @@ TEST(bpe_gpt2_partial_utf8_token)
 
 TEST(bpe_gpt2_endoftext_in_text)
 {
-    tok_tokenizer *t = load(GPT2_DIR, TOK_BPE_GPT2);
+    tok_tokenizer *t = load(FIXTURE_GPT2, TOK_BPE_GPT2);
     if (!t)
         return;
     const char *text = "Hello<|endoftext|> world";
@@ -200,7 +201,7 @@ TEST(bpe_gpt2_endoftext_in_text)
 
 TEST(bpe_gpt2_truncation_and_empty)
 {
-    tok_tokenizer *t = load(GPT2_DIR, TOK_BPE_GPT2);
+    tok_tokenizer *t = load(FIXTURE_GPT2, TOK_BPE_GPT2);
     if (!t)
         return;
     tok_encoding e;
@@ -248,39 +249,33 @@ TEST(bpe_gpt2_pretokenizer_whitespace)
     }
 }
 
+/* CLIP truncates at 77, keeping the end-of-text token, and every span lies
+ * within the text. */
+static void check_clip_case(const tok_tokenizer *t, const json_t *c, const tok_encoding *e)
+{
+    (void)t;
+    const char *id = case_id(c);
+    size_t len = json_string_length(json_object_get(c, "text"));
+    CHECK_MSG(e->n_untruncated ==
+                  (size_t)json_integer_value(json_object_get(c, "num_ids_untruncated")),
+              "%s: n_untruncated %zu", id, e->n_untruncated);
+    for (size_t k = 0; k < e->n; k++)
+        CHECK_MSG(e->start[k] <= e->stop[k] && e->stop[k] <= len, "%s: token %zu spans [%u, %u)",
+                  id, k, e->start[k], e->stop[k]);
+    CHECK(e->n >= 2 && e->special[0] && e->special[e->n - 1] && e->stop[e->n - 1] == 0);
+}
+
 TEST(bpe_clip_golden_ids_truncated_at_77)
 {
-    tok_tokenizer *t = load(CLIP_DIR, TOK_BPE_CLIP);
-    json_t *root = load_json("tests/fixtures/golden/clip.json");
-    if (!t || !root)
-        goto out;
-    json_t *cases = golden_cases(root), *c;
-    size_t i;
-    tok_encoding e;
-    tok_encoding_init(&e);
-    json_array_foreach(cases, i, c) {
-        size_t len;
-        const char *text = case_text(c, &len);
-        const char *id = json_string_value(json_object_get(c, "id"));
-        if (encode(t, text, len, true, 77, &e))
-            continue;
-        check_ids(&e, json_object_get(c, "ids"), id);
-        CHECK_MSG(e.n_untruncated ==
-                      (size_t)json_integer_value(json_object_get(c, "num_ids_untruncated")),
-                  "%s: n_untruncated %zu", id, e.n_untruncated);
-        for (size_t k = 0; k < e.n; k++)
-            CHECK_MSG(e.start[k] <= e.stop[k] && e.stop[k] <= len, "%s: token %zu spans [%u, %u)",
-                      id, k, e.start[k], e.stop[k]);
-        CHECK(e.n >= 2 && e.special[0] && e.special[e.n - 1] && e.stop[e.n - 1] == 0);
-    }
+    tok_tokenizer *t = load(FIXTURE_CLIP, TOK_BPE_CLIP);
+    if (!t)
+        return;
+    check_golden_cases(t, FIXTURE_CLIP_GOLDEN, 77, check_clip_case);
     CHECK_EQ_INT(t->bos_id, 49406);
     CHECK_EQ_INT(t->eos_id, 49407);
     CHECK_EQ_INT(t->pad_id, 49407);
     CHECK_EQ_INT(t->vocab_size, 49408);
     CHECK_EQ_INT(t->model_max_length, 77);
-    tok_encoding_free(&e);
-out:
-    json_decref(root);
     tok_tokenizer_free(t);
 }
 
@@ -288,7 +283,7 @@ out:
  * characters it spells, before lower-casing. */
 TEST(bpe_clip_offsets_and_decode)
 {
-    tok_tokenizer *t = load(CLIP_DIR, TOK_BPE_CLIP);
+    tok_tokenizer *t = load(FIXTURE_CLIP, TOK_BPE_CLIP);
     if (!t)
         return;
     const char *text = "  A PHOTO\tof a DOG's   life!! ";
@@ -319,7 +314,7 @@ TEST(bpe_clip_offsets_and_decode)
  * composed character's token spans both input characters. */
 TEST(bpe_clip_nfc_and_empty)
 {
-    tok_tokenizer *t = load(CLIP_DIR, TOK_BPE_CLIP);
+    tok_tokenizer *t = load(FIXTURE_CLIP, TOK_BPE_CLIP);
     if (!t)
         return;
     tok_encoding a, b;
@@ -344,7 +339,7 @@ TEST(bpe_clip_nfc_and_empty)
 TEST(bpe_invalid_utf8_is_eformat)
 {
     tok_bpe_flavor flavors[] = {TOK_BPE_GPT2, TOK_BPE_CLIP};
-    const char *dirs[] = {GPT2_DIR, CLIP_DIR};
+    const char *dirs[] = {FIXTURE_GPT2, FIXTURE_CLIP};
     for (int f = 0; f < 2; f++) {
         tok_tokenizer *t = load(dirs[f], flavors[f]);
         if (!t)
@@ -371,7 +366,7 @@ TEST(bpe_missing_merges_names_file)
         CHECK_MSG(0, "cannot make a temporary folder");
         return;
     }
-    strcat(src, "/" GPT2_DIR "/vocab.json");
+    strcat(src, "/" FIXTURE_GPT2 "/vocab.json");
     snprintf(vocab, sizeof vocab, "%s/vocab.json", dir);
     CHECK(symlink(src, vocab) == 0);
     tok_tokenizer *t = NULL;
@@ -410,7 +405,7 @@ static void scratch_open(scratch_dir *d)
     strcpy(d->path, "/tmp/predictd-bpe-XXXXXX");
     d->ok = mkdtemp(d->path) && getcwd(src, sizeof src - 64);
     CHECK_MSG(d->ok, "cannot make a temporary folder");
-    strcat(src, "/" GPT2_DIR "/vocab.json");
+    strcat(src, "/" FIXTURE_GPT2 "/vocab.json");
     snprintf(link, sizeof link, "%s/vocab.json", d->path);
     d->ok = d->ok && symlink(src, link) == 0;
 }
@@ -481,7 +476,7 @@ TEST(bpe_malformed_files_are_errors)
 TEST(bpe_demo_shakespeare_gpt2)
 {
     tok_tokenizer *t = load("models/demo/shakespeare-gpt2-small", TOK_BPE_GPT2);
-    json_t *root = load_json("models/demo/expected.json");
+    json_t *root = fixture_json_load("models/demo/expected.json");
     if (!t || !root)
         goto out;
     json_t *greedy = json_object_get(json_object_get(root, "shakespeare-gpt2-small"), "greedy");
@@ -497,11 +492,8 @@ TEST(bpe_demo_shakespeare_gpt2)
         encode(t, prompt, strlen(prompt), true, 0, &e);
         check_ids(&e, pids, prompt);
         int32_t all[256];
-        size_t n = 0;
-        for (size_t k = 0; k < json_array_size(pids) && n < 256; k++)
-            all[n++] = (int32_t)json_integer_value(json_array_get(pids, k));
-        for (size_t k = 0; k < json_array_size(gids) && n < 256; k++)
-            all[n++] = (int32_t)json_integer_value(json_array_get(gids, k));
+        int n_prompt = fixture_json_ids(pids, all, 256);
+        size_t n = (size_t)(n_prompt + fixture_json_ids(gids, all + n_prompt, 256 - n_prompt));
         char buf[2048];
         const char *want = json_string_value(json_object_get(g, "text"));
         size_t len = tok_bpe_decode(t, all, n, buf, sizeof buf);
@@ -518,7 +510,7 @@ out:
 TEST(bpe_demo_shapes_clip)
 {
     tok_tokenizer *t = load("models/demo/shapes-clip-small", TOK_BPE_CLIP);
-    json_t *root = load_json("tests/fixtures/golden/clip.json");
+    json_t *root = fixture_json_load(FIXTURE_CLIP_GOLDEN);
     if (!t || !root)
         goto out;
     json_t *texts = json_object_get(root, "texts"), *ids = json_object_get(root, "text_input_ids");
@@ -547,7 +539,7 @@ TEST(bpe_heap_merge_matches_reference)
         "abcdefghijklmnopqrstuvwxyz", "aab", "ABab", "!?.,;:-_<>", "0123456789", "ab \n",
         "\xc3\xa9\xc3\xa8" "a", "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e", /* é è a; 日 本 語 */
     };
-    tok_tokenizer *tok[2] = {load(GPT2_DIR, TOK_BPE_GPT2), load(CLIP_DIR, TOK_BPE_CLIP)};
+    tok_tokenizer *tok[2] = {load(FIXTURE_GPT2, TOK_BPE_GPT2), load(FIXTURE_CLIP, TOK_BPE_CLIP)};
     char text[4096];
     uint32_t seed = 12345;
     tok_encoding a, b;
@@ -595,9 +587,9 @@ static double now_ms(void)
 TEST(bpe_load_time)
 {
     double t0 = now_ms();
-    tok_tokenizer *g = load(GPT2_DIR, TOK_BPE_GPT2);
+    tok_tokenizer *g = load(FIXTURE_GPT2, TOK_BPE_GPT2);
     double t1 = now_ms();
-    tok_tokenizer *c = load(CLIP_DIR, TOK_BPE_CLIP);
+    tok_tokenizer *c = load(FIXTURE_CLIP, TOK_BPE_CLIP);
     double t2 = now_ms();
     printf("     gpt2 load %.1f ms, clip load %.1f ms\n", t1 - t0, t2 - t1);
     CHECK(t1 - t0 < 1000 && t2 - t1 < 1000);
