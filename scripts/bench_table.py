@@ -43,6 +43,15 @@ def speed(r):
     return None, ""
 
 
+def cell_text(r):
+    """A figure's cell: its median time, or the resident memory of an rss row."""
+    if r is None:
+        return ""
+    if "rss_mib" in r:
+        return f"{r['rss_mib']:.0f} MiB"
+    return f"{r['med_ms']:.1f} ms" if "med_ms" in r else ""
+
+
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "bench-results"
     columns, table = [], {}
@@ -70,7 +79,7 @@ def main():
         for c in columns:
             v, u = speed(cells[c]) if c in cells else (None, "")
             unit = unit or u
-            out.append(f"{cells[c]['med_ms']:.1f} ms" if c in cells and "med_ms" in cells[c] else "")
+            out.append(cell_text(cells.get(c)))
             if c.startswith("predictd") and v:
                 best = max(best or 0, v)
         ort, _ = speed(cells["ORT fp32"]) if "ORT fp32" in cells else (None, "")
