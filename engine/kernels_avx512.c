@@ -15,7 +15,7 @@
 #define T512VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-enum { MR_VNNI = 6, MR_MADD = 3, MR_FLOAT = 6 };
+enum { MR_VNNI = 6, MR_MADD = 3, MR_FLOAT = 6, KC_FLOAT = 768 };
 
 static inline uint32_t load_u32(const uint8_t *p)
 {
@@ -215,19 +215,28 @@ T512 INLINE __m512 float_load512(const void *w, size_t i, eng_dtype dt)
     return _mm512_cvtph_ps(h);
 }
 
-T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int p,
-                               eng_dtype dt, float *y)
+/* Rows m..m+mr-1 of panel p over k in [k0, k1): the sums start from 0 at
+ * k0 = 0 and from the partial sums left in y otherwise (stored floats, so
+ * the chain goes on unchanged); the bias is added after the last k. */
+T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int p, int k0,
+                               int k1, eng_dtype dt, float *y)
 {
     const int in = w->in;
-    size_t wi = (size_t)p * in * ENG_KP_NR;
+    size_t wi = ((size_t)p * in + k0) * ENG_KP_NR;
     const float *xr = x->x + (size_t)m * in;
+    float *yr = y + (size_t)m * w->out + (size_t)p * ENG_KP_NR;
     __m512 acc[MR_FLOAT][4];
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
         #pragma GCC unroll 8
-        for (int j = 0; j < 4; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    for (int k = 0; k < in; k++, wi += ENG_KP_NR) {
+        for (int j = 0; j < 4; j++) {
+            int o0 = p * ENG_KP_NR + 16 * j;
+            acc[i][j] = k0 == 0 || o0 >= w->out
+                            ? _mm512_setzero_ps()
+                            : _mm512_maskz_loadu_ps(out_mask(w->out, o0),
+                                                    yr + (size_t)i * w->out + 16 * j);
+        }
+    for (int k = k0; k < k1; k++, wi += ENG_KP_NR) {
         __m512 b0 = float_load512(w->w, wi, dt), b1 = float_load512(w->w, wi + 16, dt);
         __m512 b2 = float_load512(w->w, wi + 32, dt), b3 = float_load512(w->w, wi + 48, dt);
         #pragma GCC unroll 8
@@ -246,24 +255,32 @@ T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int 
             int o0 = p * ENG_KP_NR + 16 * j;
             if (o0 >= w->out)
                 break;
-            __m512 v = _mm512_add_ps(acc[i][j], _mm512_load_ps(w->bias + o0));
-            _mm512_mask_storeu_ps(y + (size_t)(m + i) * w->out + o0, out_mask(w->out, o0), v);
+            __m512 v = k1 == in ? _mm512_add_ps(acc[i][j], _mm512_load_ps(w->bias + o0))
+                                : acc[i][j];
+            _mm512_mask_storeu_ps(yr + (size_t)i * w->out + 16 * j, out_mask(w->out, o0), v);
         }
     }
 }
 
+/* k goes in blocks of KC_FLOAT, so that a panel's block of weights (192 KiB
+ * as F32) and the task's rows of x over that block (48 x 3 KiB) stay in L2
+ * while every tile of the rows passes over them: with FFN-sized inputs
+ * (3072) a whole panel and the rows would not fit. */
 T512 INLINE void float_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
                                int p1, eng_dtype dt, float *y)
 {
     for (int p = p0; p < p1; p++) {
-        for (int m = m0; m < m1; m += MR_FLOAT) {
-            switch (m1 - m) {
-            case 1: float_tile512(w, x, m, 1, p, dt, y); break;
-            case 2: float_tile512(w, x, m, 2, p, dt, y); break;
-            case 3: float_tile512(w, x, m, 3, p, dt, y); break;
-            case 4: float_tile512(w, x, m, 4, p, dt, y); break;
-            case 5: float_tile512(w, x, m, 5, p, dt, y); break;
-            default: float_tile512(w, x, m, 6, p, dt, y); break;
+        for (int k0 = 0; k0 < w->in; k0 += KC_FLOAT) {
+            int k1 = w->in - k0 > KC_FLOAT ? k0 + KC_FLOAT : w->in;
+            for (int m = m0; m < m1; m += MR_FLOAT) {
+                switch (m1 - m) {
+                case 1: float_tile512(w, x, m, 1, p, k0, k1, dt, y); break;
+                case 2: float_tile512(w, x, m, 2, p, k0, k1, dt, y); break;
+                case 3: float_tile512(w, x, m, 3, p, k0, k1, dt, y); break;
+                case 4: float_tile512(w, x, m, 4, p, k0, k1, dt, y); break;
+                case 5: float_tile512(w, x, m, 5, p, k0, k1, dt, y); break;
+                default: float_tile512(w, x, m, 6, p, k0, k1, dt, y); break;
+                }
             }
         }
     }
