@@ -88,7 +88,7 @@ static const opt_def opt_table[] = {
      .def = "2000", .min = 0, .max = 10000000,
      .help = "How long a forward pass waits for more requests to join it."},
     {.name = "inline-max-us", AS_INT(inline_max_us), .arg = "MICROSECONDS", .def = "100",
-     .min = 0, .max = 100000,
+     .min = 0, .max = 10000000,
      .help = "Cheaper classifications sent to an idle model skip the queue (0: never)."},
     {.name = "max-queue", AS_INT(max_queue), .def = "256", .min = 1, .max = 1000000,
      .help = "Requests that may wait per model; more are answered 429."},

@@ -63,8 +63,9 @@ def queued(d, n):
 
 # ---- a request to an idle model, computed on the loop --------------------------------
 
-# Any cost qualifies (100 ms), so the test does not depend on the machine's speed.
-config("inline", ["--model", "tiny=" + TINY, "--inline-max-us", "100000"])
+# Any cost qualifies (a second; more under valgrind), so the test does not
+# depend on the machine's speed.
+config("inline", ["--model", "tiny=" + TINY, "--inline-max-us", daemon_time(1000000)])
 
 
 @test(daemon="inline")
