@@ -238,6 +238,32 @@ static inline int fuzz_json_valid(const char *s, size_t len)
     return 1;
 }
 
+/* Each "data:" event of a stream is JSON, except OpenAI's closing [DONE]. */
+static inline void fuzz_check_events(const srv_buf *b)
+{
+    const char *p = b->data ? b->data : "", *end = p + b->len;
+    while (p < end) {
+        FUZZ_CHECK(strncmp(p, "data:", 5) == 0);
+        const char *stop = strstr(p, "\n\n");
+        FUZZ_CHECK(stop != NULL);
+        const char *json = p + 5 + (p[5] == ' ');
+        if (strncmp(json, "[DONE]", 6) != 0 && !fuzz_json_valid(json, (size_t)(stop - json))) {
+            fprintf(stderr, "fuzz: event is not JSON: %.*s\n", (int)(stop - p), p);
+            abort();
+        }
+        p = stop + 2;
+    }
+}
+
+/* A target's one-time set-up must succeed: otherwise it says why and stops. */
+static inline void fuzz_require(int rc, const eng_err *err)
+{
+    if (rc) {
+        fprintf(stderr, "fuzz: %s\n", err->msg);
+        abort();
+    }
+}
+
 /* Every answer predictd writes has a status, and a JSON one parses. */
 static inline void fuzz_check_reply(const srv_reply *r)
 {

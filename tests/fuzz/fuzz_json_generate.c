@@ -60,23 +60,6 @@ static void pretend_generate(srv_gen_job *job)
     job->finished = true;
 }
 
-/* Each "data:" event of a stream is JSON, except OpenAI's closing [DONE]. */
-static void check_events(const srv_buf *b)
-{
-    const char *p = b->data ? b->data : "", *end = p + b->len;
-    while (p < end) {
-        FUZZ_CHECK(strncmp(p, "data:", 5) == 0);
-        const char *stop = strstr(p, "\n\n");
-        FUZZ_CHECK(stop != NULL);
-        const char *json = p + 5 + (p[5] == ' ');
-        if (strncmp(json, "[DONE]", 6) != 0 && !fuzz_json_valid(json, (size_t)(stop - json))) {
-            fprintf(stderr, "fuzz: event is not JSON: %.*s\n", (int)(stop - p), p);
-            abort();
-        }
-        p = stop + 2;
-    }
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const srv_gen_form forms[4] = {SRV_GEN_PIPELINE, SRV_GEN_TGI, SRV_GEN_OPENAI, SRV_GEN_TGI};
@@ -120,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             srv_buf events;
             srv_buf_init(&events);
             FUZZ_CHECK(srv_gen_stream_events(m, &job, &events));
-            check_events(&events);
+            fuzz_check_events(&events);
             srv_buf_free(&events);
         } else {
             srv_gen_format(m, &job, &reply);

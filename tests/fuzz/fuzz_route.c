@@ -143,20 +143,6 @@ srv_worker *srv_server_model(srv_server *s, const char *name, size_t len)
     return NULL;
 }
 
-/* Each "data:" event of a stream is JSON, except OpenAI's closing [DONE]. */
-static void check_events(const srv_buf *b)
-{
-    const char *p = b->data ? b->data : "", *end = p + b->len;
-    while (p < end) {
-        FUZZ_CHECK(strncmp(p, "data:", 5) == 0);
-        const char *stop = strstr(p, "\n\n");
-        FUZZ_CHECK(stop != NULL);
-        const char *json = p + 5 + (p[5] == ' ');
-        FUZZ_CHECK(strncmp(json, "[DONE]", 6) == 0 || fuzz_json_valid(json, (size_t)(stop - json)));
-        p = stop + 2;
-    }
-}
-
 /* A worker that computed nothing: zero logits and embeddings, no tokens. */
 void srv_server_submit(srv_server *s, srv_conn *c, srv_job *job)
 {
@@ -175,7 +161,7 @@ void srv_server_submit(srv_server *s, srv_conn *c, srv_job *job)
             srv_buf events;
             srv_buf_init(&events);
             FUZZ_CHECK(srv_gen_stream_events(m, &job->gen, &events));
-            check_events(&events);
+            fuzz_check_events(&events);
             srv_reply_json(r, 200);
             r->content_type = "text/event-stream";
             srv_buf_free(&r->body);

@@ -18,10 +18,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc, (void)argv;
     char dir[PATH_MAX];
     eng_err err = {0};
-    if (tok_bpe_load(fuzz_fixture_path("gpt2-tiny", dir, sizeof dir), TOK_BPE_GPT2, &tok, &err)) {
-        fprintf(stderr, "fuzz: %s\n", err.msg);
-        abort();
-    }
+    const char *fixture = fuzz_fixture_path("gpt2-tiny", dir, sizeof dir);
+    fuzz_require(tok_bpe_load(fixture, TOK_BPE_GPT2, &tok, &err), &err);
     return 0;
 }
 

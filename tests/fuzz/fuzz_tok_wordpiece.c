@@ -17,10 +17,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc, (void)argv;
     char dir[PATH_MAX];
     eng_err err = {0};
-    if (tok_wordpiece_load(fuzz_fixture_path("distilbert-sst2-tiny", dir, sizeof dir), &tok, &err)) {
-        fprintf(stderr, "fuzz: %s\n", err.msg);
-        abort();
-    }
+    const char *fixture = fuzz_fixture_path("distilbert-sst2-tiny", dir, sizeof dir);
+    fuzz_require(tok_wordpiece_load(fixture, &tok, &err), &err);
     return 0;
 }
 
