@@ -120,6 +120,42 @@ void srv_json_str(srv_buf *b, const char *s, size_t n)
     srv_buf_append(b, "\"", 1);
 }
 
+/* Whether v written with prec + 1 significant digits (correctly rounded, as
+ * glibc's printf does) reads back as v; the text is left in sci. */
+static bool reads_back(char *sci, size_t len, int prec, double v)
+{
+    snprintf(sci, len, "%.*e", prec, v);
+    return strtod(sci, NULL) == v;
+}
+
+/* The fewest significant digits that read back to v, in "%.Ne" form.
+ *
+ * Reading back is monotone in the digit count: if p digits land inside v's
+ * rounding interval, the nearest decimal of more digits is no farther from v,
+ * so it lands inside too, because the interval is symmetric about v. That
+ * lets a binary search replace trying every count (which cost 17 printf and
+ * strtod pairs for a typical score). The one asymmetric interval is a power of
+ * two's (the double below is nearer than the one above); those take the
+ * linear scan. */
+static void shortest_sci(char *sci, size_t len, double v)
+{
+    int e;
+    if (fabs(frexp(v, &e)) == 0.5) {
+        for (int prec = 0; prec < 17 && !reads_back(sci, len, prec, v); prec++)
+            ;
+        return;
+    }
+    int lo = 0, hi = 16; /* 17 digits always read back */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (reads_back(sci, len, mid, v))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    snprintf(sci, len, "%.*e", lo, v); /* sci holds the last probe, maybe not lo's */
+}
+
 /* Python's repr(float): the fewest significant digits that read back to the
  * same double, written positionally when the exponent is in [-4, 16) and in
  * scientific form (with a two-digit exponent at least) otherwise. */
@@ -134,11 +170,7 @@ void srv_json_num(srv_buf *b, double v)
         return;
     }
     char sci[40];
-    for (int prec = 0; prec < 17; prec++) {
-        snprintf(sci, sizeof sci, "%.*e", prec, v);
-        if (strtod(sci, NULL) == v)
-            break;
-    }
+    shortest_sci(sci, sizeof sci, v);
     /* sci is "-d.ddde±XX": split into sign, digits and exponent. */
     char digits[24];
     size_t nd = 0;

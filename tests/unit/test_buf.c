@@ -39,3 +39,61 @@ TEST(buf_strings_as_json_dumps)
     CHECK_STR(b.data, "\"x\xef\xbf\xbdy\"");
     srv_buf_free(&b);
 }
+
+/* The significant digits of a number's text, without sign, point, exponent
+ * and leading zeros: "0.0012" and "1.2e-03" both give "12". Trailing zeros
+ * are dropped only where they carry no digit: an integer's ("1200.0") and an
+ * exponent form's without a point ("1e+22"); "0.50" keeps its "0". */
+static void significant_digits(const char *text, char *out)
+{
+    size_t len = strcspn(text, "e"), n = 0;
+    bool integer = len >= 2 && strncmp(text + len - 2, ".0", 2) == 0;
+    if (integer)
+        len -= 2;
+    for (size_t i = 0; i < len; i++)
+        if ((text[i] >= '1' && text[i] <= '9') || (text[i] == '0' && n > 0))
+            out[n++] = text[i];
+    if (integer || !memchr(text, '.', len))
+        while (n > 1 && out[n - 1] == '0')
+            n--;
+    out[n] = '\0';
+}
+
+/* srv_json_num's binary search over digit counts against the definition,
+ * trying every count from one up, on arbitrary doubles, float32 scores and
+ * (the asymmetric case) powers of two and their multiples, and numbers of one
+ * or two digits. */
+TEST(buf_numbers_shortest_as_scan)
+{
+    uint64_t state = 0x9e3779b97f4a7c15u;
+    for (int i = 0; i < 30000 && !test_failures_in_current(); i++) {
+        state = state * 6364136223846793005u + 1442695040888963407u;
+        double v;
+        if (i % 3 == 0) {
+            uint64_t bits = state >> 1; /* a positive double of any exponent */
+            memcpy(&v, &bits, sizeof v);
+        } else if (i % 3 == 1) {
+            v = (double)(float)((double)(state >> 40) / 16777216.0);
+        } else if (i % 4 == 2) {
+            v = ldexp((state & 1) ? 3.0 : 1.0, (int)(state >> 54) - 512);
+        } else { /* few digits: 7e-05, 1.5, 30.0 */
+            v = (double)(state >> 57) * pow(10.0, (double)((state >> 40) % 24) - 12);
+        }
+        if (!isfinite(v) || v == 0)
+            continue;
+        char scan[40], want[40], got[40];
+        for (int prec = 0; prec < 17; prec++) {
+            snprintf(scan, sizeof scan, "%.*e", prec, v);
+            if (strtod(scan, NULL) == v)
+                break;
+        }
+        srv_buf b;
+        srv_buf_init(&b);
+        srv_json_num(&b, v);
+        significant_digits(scan, want);
+        significant_digits(b.data, got);
+        CHECK_MSG(strcmp(got, want) == 0 && strtod(b.data, NULL) == v,
+                  "%.17g written %s, the scan gives %s", v, b.data, scan);
+        srv_buf_free(&b);
+    }
+}
