@@ -104,12 +104,14 @@ static void gpt2_logits_and_greedy(const model *m, json_t *g, double logit_tol)
         worst_cos = fmin(worst_cos, last_logits_cosine(g, i, c, logits, V));
         for (int step = 0; step < 5; step++) {
             int32_t best = fixture_argmax(logits, V);
-            /* A step whose FP32 top-2 margin is within the dtype's logit
-             * error is a tie the quantisation may break either way; the
-             * sequences may part there, so the comparison stops. */
+            /* f16 and bf16 must follow FP32 on every step. int8 rounding
+             * moves this model's top-2 margins by up to 0.15 logits (RMS
+             * 0.04): a step whose FP32 margin is below its logit bound is a
+             * tie int8 may break either way ("Once upon a time", step 2:
+             * 0.0043), so the comparison stops there. */
             double margin = json_real_value(json_object_get(
                 json_array_get(json_object_get(c, "steps"), (size_t)step), "margin_to_second"));
-            if (margin <= logit_tol)
+            if (m->dtype == ENG_I8 && margin <= logit_tol)
                 break;
             CHECK_MSG(best == json_integer_value(json_array_get(want, (size_t)step)),
                       "%s: greedy step %d of %s differs", eng_dtypes[m->dtype].name, step,
