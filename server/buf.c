@@ -120,40 +120,105 @@ void srv_json_str(srv_buf *b, const char *s, size_t n)
     srv_buf_append(b, "\"", 1);
 }
 
-/* Whether v written with prec + 1 significant digits (correctly rounded, as
- * glibc's printf does) reads back as v; the text is left in sci. */
-static bool reads_back(char *sci, size_t len, int prec, double v)
+/* A positive number as decimal digits: 0.d[0]d[1]...d[nd-1] * 10^(exp + 1),
+ * that is d[0].d[1]... * 10^exp. */
+typedef struct decimal {
+    char d[24];
+    int nd;
+    int exp;
+} decimal;
+
+/* Parses printf's "d.ddde±XX" into dec. */
+static void parse_sci(const char *sci, decimal *dec)
 {
-    snprintf(sci, len, "%.*e", prec, v);
-    return strtod(sci, NULL) == v;
+    dec->nd = 0;
+    for (; *sci && *sci != 'e'; sci++)
+        if (*sci != '.')
+            dec->d[dec->nd++] = *sci;
+    dec->d[dec->nd] = '\0';
+    dec->exp = atoi(sci + 1);
 }
 
-/* The fewest significant digits that read back to v, in "%.Ne" form.
+/* v (> 0) correctly rounded to nd significant digits, by printf. */
+static void round_by_printf(double v, int nd, decimal *dec)
+{
+    char sci[40];
+    snprintf(sci, sizeof sci, "%.*e", nd - 1, v);
+    parse_sci(sci, dec);
+}
+
+/* v (> 0) correctly rounded to nd significant digits, from d17 (v to 17
+ * digits) without another printf. Rounding the rounded digits again gives
+ * the same result except when d17 lies exactly on the midpoint ("...5000"),
+ * where only the digits beyond the 17th decide: printf does that one. */
+static void round_digits(double v, const decimal *d17, int nd, decimal *dec)
+{
+    *dec = *d17;
+    dec->nd = nd;
+    if (nd == d17->nd)
+        return;
+    const char *rest = d17->d + nd;
+    if (rest[0] == '5' && strspn(rest + 1, "0") >= (size_t)(d17->nd - nd - 1)) {
+        round_by_printf(v, nd, dec);
+        return;
+    }
+    if (rest[0] < '5')
+        return;
+    int i = nd - 1;
+    while (i >= 0 && dec->d[i] == '9')
+        dec->d[i--] = '0';
+    if (i >= 0) {
+        dec->d[i]++;
+    } else { /* 9.99 -> 10.0: one digit more before the point */
+        dec->d[0] = '1';
+        dec->exp++;
+    }
+}
+
+/* Whether dec reads back (strtod) as v. */
+static bool reads_back(const decimal *dec, double v)
+{
+    char text[48];
+    size_t n = 0;
+    text[n++] = dec->d[0];
+    text[n++] = '.';
+    memcpy(text + n, dec->d + 1, (size_t)dec->nd - 1);
+    n += (size_t)dec->nd - 1;
+    snprintf(text + n, sizeof text - n, "e%d", dec->exp);
+    return strtod(text, NULL) == v;
+}
+
+/* The fewest significant digits that read back to v (> 0, finite).
  *
  * Reading back is monotone in the digit count: if p digits land inside v's
  * rounding interval, the nearest decimal of more digits is no farther from v,
  * so it lands inside too, because the interval is symmetric about v. That
- * lets a binary search replace trying every count (which cost 17 printf and
- * strtod pairs for a typical score). The one asymmetric interval is a power of
- * two's (the double below is nearer than the one above); those take the
- * linear scan. */
-static void shortest_sci(char *sci, size_t len, double v)
+ * lets a binary search replace trying every count (17 printf and strtod pairs
+ * for a typical score); the candidates are rounded from one printf of 17
+ * digits. The one asymmetric interval is a power of two's (the double below
+ * is nearer than the one above); those try every count. */
+static void shortest_digits(double v, decimal *dec)
 {
+    decimal d17;
+    round_by_printf(v, 17, &d17);
     int e;
-    if (fabs(frexp(v, &e)) == 0.5) {
-        for (int prec = 0; prec < 17 && !reads_back(sci, len, prec, v); prec++)
-            ;
-        return;
+    if (frexp(v, &e) == 0.5) {
+        for (int nd = 1; nd <= 17; nd++) {
+            round_digits(v, &d17, nd, dec);
+            if (reads_back(dec, v))
+                return;
+        }
     }
-    int lo = 0, hi = 16; /* 17 digits always read back */
+    int lo = 1, hi = 17; /* 17 digits always read back */
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (reads_back(sci, len, mid, v))
+        round_digits(v, &d17, mid, dec);
+        if (reads_back(dec, v))
             hi = mid;
         else
             lo = mid + 1;
     }
-    snprintf(sci, len, "%.*e", lo, v); /* sci holds the last probe, maybe not lo's */
+    round_digits(v, &d17, lo, dec);
 }
 
 /* Python's repr(float): the fewest significant digits that read back to the
@@ -169,20 +234,12 @@ void srv_json_num(srv_buf *b, double v)
         srv_buf_puts(b, signbit(v) ? "-0.0" : "0.0");
         return;
     }
-    char sci[40];
-    shortest_sci(sci, sizeof sci, v);
-    /* sci is "-d.ddde±XX": split into sign, digits and exponent. */
-    char digits[24];
-    size_t nd = 0;
-    const char *p = sci;
-    bool neg = *p == '-';
-    p += neg;
-    for (; *p && *p != 'e'; p++)
-        if (*p != '.')
-            digits[nd++] = *p;
-    digits[nd] = '\0';
-    int exp = atoi(p + 1);
-    if (neg)
+    decimal dec;
+    shortest_digits(fabs(v), &dec);
+    const char *digits = dec.d;
+    size_t nd = (size_t)dec.nd;
+    int exp = dec.exp;
+    if (v < 0)
         srv_buf_puts(b, "-");
     if (exp >= 16 || exp < -4) {
         srv_buf_append(b, digits, 1);
