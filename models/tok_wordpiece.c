@@ -508,11 +508,19 @@ static int wordpiece(wp_run *r, const wp_char *c, size_t n)
         span_of(c, n, &beg, &end);
         return emit(r, -1, beg, end);
     }
+    /* Not zero-filled: only what the word fills is read (these are 1.2 KB,
+     * and a word is usually a few bytes). */
     char utf8[4 * WP_MAX_WORD_CHARS];
-    char key[2 + 4 * WP_MAX_WORD_CHARS] = "##"; /* a continuation candidate */
-    size_t pos[WP_MAX_WORD_CHARS + 1] = {0};     /* utf8 offset of character i */
-    for (size_t i = 0; i < n; i++)
-        pos[i + 1] = pos[i] + (size_t)utf8proc_encode_char(c[i].cp, (uint8_t *)utf8 + pos[i]);
+    char key[2 + 4 * WP_MAX_WORD_CHARS]; /* a continuation candidate: "##" + a tail */
+    size_t pos[WP_MAX_WORD_CHARS + 1];   /* utf8 offset of character i */
+    key[0] = key[1] = '#';
+    pos[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (c[i].cp < 0x80)
+            utf8[pos[i]] = (char)c[i].cp, pos[i + 1] = pos[i] + 1;
+        else
+            pos[i + 1] = pos[i] + (size_t)utf8proc_encode_char(c[i].cp, (uint8_t *)utf8 + pos[i]);
+    }
     int32_t ids[WP_MAX_WORD_CHARS];
     size_t stops[WP_MAX_WORD_CHARS], np = 0;
     for (size_t start = 0; start < n; start = stops[np++]) {
@@ -626,12 +634,29 @@ static int word_push(wp_run *r, int32_t cp, uint32_t beg, uint32_t end)
     return buf_push(&r->word, cp, beg, end, r->err);
 }
 
+/* take_char for ASCII, the common case, without the Unicode tables: the
+ * controls but \t \n \r are dropped (ASCII's other whitespace, \v \f and
+ * \x1c-\x1f, are controls too), the four spaces end a word, and no ASCII
+ * character is CJK or lowercases to more than one. */
+static int take_ascii(wp_run *r, int32_t cp, uint32_t beg, uint32_t end)
+{
+    if (cp == ' ' || cp == '\t' || cp == '\n' || cp == '\r')
+        return flush_word(r);
+    if (cp < 0x20 || cp == 0x7f)
+        return 0;
+    if (r->t->lower && cp >= 'A' && cp <= 'Z')
+        cp += 'a' - 'A';
+    return word_push(r, cp, beg, end);
+}
+
 /* One input character through lowercasing, _clean_text, the whitespace split
  * and _tokenize_chinese_chars. HF lowercases the text one character at a time
  * (a regex that matches single characters), so no context rule such as final
  * sigma applies; U+0130 is Python's one multi-character lowercase mapping. */
 static int take_char(wp_run *r, int32_t cp, uint32_t beg, uint32_t end)
 {
+    if (cp < 0x80)
+        return take_ascii(r, cp, beg, end);
     const utf8proc_property_t *p = utf8proc_get_property(cp);
     if (is_dropped(cp, p))
         return 0;
@@ -678,6 +703,9 @@ static int scan(wp_run *r, const char *text, size_t len)
             rc = flush_word(r);
             if (!rc)
                 rc = emit(r, id, (uint32_t)i, (uint32_t)(i + m));
+        } else if ((unsigned char)text[i] < 0x80) {
+            m = 1;
+            rc = take_ascii(r, (unsigned char)text[i], (uint32_t)i, (uint32_t)(i + 1));
         } else {
             utf8proc_int32_t cp;
             /* The text is validated, so this always decodes one character. */
