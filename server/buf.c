@@ -184,7 +184,18 @@ static bool reads_back(const decimal *dec, double v)
     text[n++] = '.';
     memcpy(text + n, dec->d + 1, (size_t)dec->nd - 1);
     n += (size_t)dec->nd - 1;
-    snprintf(text + n, sizeof text - n, "e%d", dec->exp);
+    text[n++] = 'e';
+    int e = dec->exp;
+    if (e < 0)
+        text[n++] = '-', e = -e;
+    char rev[8];
+    size_t ne = 0;
+    do
+        rev[ne++] = (char)('0' + e % 10);
+    while ((e /= 10) > 0);
+    while (ne > 0)
+        text[n++] = rev[--ne];
+    text[n] = '\0';
     return strtod(text, NULL) == v;
 }
 
