@@ -7,7 +7,8 @@
 #
 # PARTS (default "distilbert clip fastapi"): DistilBERT text classification
 # under predictd, then the tiny fixture (front-end bound, computed inline and
-# queued) next to libmicrohttpd alone answering a constant (its ceiling); CLIP zero-shot classification of a 640x480 JPEG (base64 in a
+# queued; and GET /health, the front end alone) next to libmicrohttpd alone
+# answering a constant (its ceiling); CLIP zero-shot classification of a 640x480 JPEG (base64 in a
 # JSON body, four candidate labels) at 8 connections; the FastAPI peer.
 # Needs wrk, and BUILD_DIR's gen_checkpoint, gen_jpeg and mhd_constant (make bench builds
 # them); the FastAPI side needs Debian's python3-fastapi, python3-uvicorn,
@@ -40,7 +41,7 @@ wait_ready() { for _ in $(seq 120); do curl -sf "$@" > /dev/null && return 0; sl
 # JSON body POSTed to PATH (post_body.lua).
 run_wrk() {
     local threads=$(( $2 < 2 ? 1 : 2 )) url="http://127.0.0.1:$PORT${3:-$URL_PATH}" body=${4:-}
-    local wrk_args=(-s tests/bench/post.lua "$url") curl_args=(-X POST "$url")
+    local wrk_args=(-s tests/bench/post.lua "$url") curl_args=(-X "${WRK_METHOD:-POST}" "$url")
     if [ -n "$body" ]; then
         wrk_args=(-s tests/bench/post_body.lua "$url" -- "$body")
         curl_args+=(-H 'Content-Type: application/json' --data-binary "@$body")
@@ -72,6 +73,8 @@ if wants distilbert; then
     stop
     serve_predictd tests/fixtures/distilbert-sst2-tiny
     run_wrk predictd-tiny 64
+    # The front end with no model work: loop, HTTP, routing, metrics, JSON.
+    WRK_METHOD=GET run_wrk predictd-health 64 /health
     stop
     serve_predictd tests/fixtures/distilbert-sst2-tiny --inline-max-us 0
     run_wrk predictd-tiny-queued 64
@@ -81,6 +84,7 @@ if wants distilbert; then
     SRV=$!
     wait_ready -X POST "http://127.0.0.1:$PORT$URL_PATH" || { echo "mhd_constant did not start"; exit 1; }
     run_wrk mhd-constant 64
+    WRK_METHOD=GET run_wrk mhd-constant-get 64 /health
     stop
 fi
 

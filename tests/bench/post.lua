@@ -1,6 +1,7 @@
 -- wrk -s tests/bench/post.lua URL: POSTs with the text in the query string, as
 -- the FastAPI service's clients do, and ends with one JSON summary line.
-wrk.method = "POST"
+-- WRK_METHOD=GET makes it a GET (the front end alone: GET /health).
+wrk.method = os.getenv("WRK_METHOD") or "POST"
 wrk.headers["Content-Length"] = "0"
 
 done = function(summary, latency, requests)
