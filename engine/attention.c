@@ -11,6 +11,8 @@ void eng_attend_head(const float *q, int ldq, const float *k, int ldk, const flo
                      int Lq, int Lk, int hd, float scale, bool causal, float *out, int ldo,
                      float *scores)
 {
+    if (eng_attend_small(q, ldq, k, ldk, v, ldv, Lq, Lk, hd, scale, causal, out, ldo))
+        return;
     eng_sgemm(false, true, Lq, Lk, hd, scale, q, ldq, k, ldk, 0.0f, scores, Lk);
     for (int i = 0; i < Lq; i++) {
         float *row = scores + (size_t)i * Lk;

@@ -7,7 +7,8 @@
  *
  * The (sequence, head) pairs are independent tasks on the engine's pool; each
  * task's scores live in its thread's scratch (engine/scratch.h), so callers
- * pass none. */
+ * pass none. Heads of at most 64 keys and 64 dimensions skip OpenBLAS, whose
+ * call costs more than their arithmetic: eng_attend_small (engine/ops.h). */
 #ifndef ENG_ATTENTION_H
 #define ENG_ATTENTION_H
 

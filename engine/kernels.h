@@ -148,6 +148,17 @@ void eng_linear_forward_kernels(const struct eng_linear *l, const eng_kernels *k
 
 /* ---- Arithmetic every level shares ------------------------------------------ */
 
+/* The rows of the next micro-tile when left rows remain and a tile holds at
+ * most mr: whole tiles, except that between mr and 2 mr rows go as two near
+ * halves (14 rows as 6 + 4 + 4, not 6 + 6 + 2), because a tile of one or two
+ * rows has too few independent accumulators to cover the latency of its
+ * fused multiply-adds. Tiles only group rows: every output's arithmetic is
+ * the same whatever the split. */
+static inline int eng_tile_rows(int left, int mr)
+{
+    return left >= 2 * mr ? mr : left > mr ? (left + 1) / 2 : left;
+}
+
 /* Round to nearest, ties to even, for |v| < 2^22 (what cvtps2dq does under the
  * default MXCSR): adding 1.5 * 2^23 leaves no fraction bits. */
 static inline float eng_rne(float v)

@@ -9,7 +9,9 @@
  * Three broadcasts per 12 multiply-adds, not 6 per 12 (6 rows x 16 channels):
  * broadcasts from memory, not the FMA units, bounded the latter on Zen 5
  * (50 against 105 GOP/s per core for FP16). One row (the GEMV) takes a whole
- * panel, whose 8 independent accumulators hide the latency of the adds.
+ * panel, whose 8 independent accumulators hide the latency of the adds. The
+ * last panel of a layer whose out is not a multiple of 64 takes only the
+ * vectors of 8 channels that hold outputs.
  *
  * Each kernel gives the reference's result bit for bit (engine/kernels.h). */
 #include "engine/kernels.h"
@@ -35,6 +37,17 @@ static inline uint32_t load_u32(const uint8_t *p)
 T256 INLINE __m256i lane_mask(int n)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* The 8-channel vectors from channel c0 of panel p that hold outputs, at
+ * most max: a layer whose out is not a multiple of 64 (32 outputs, 2 labels,
+ * GPT-2's 50257-row head) skips the zero channels padding its last panel
+ * instead of multiplying them. Each tile takes the count as a constant (the
+ * switches below), so its accumulators stay in registers. */
+static inline int panel_vectors(int out, int p, int c0, int max)
+{
+    int left = out - p * ENG_KP_NR - c0;
+    return left >= 8 * max ? max : (left + 7) / 8;
 }
 
 /* Stores the 8 floats of v at y[o0..o0+7], clipped to out. */
@@ -148,21 +161,50 @@ T256VNNI INLINE void i8_tile_avxvnni(const eng_wpack *w, const eng_act *x, int m
             i8_store256(w, x, m + i, p * ENG_KP_NR + c0 + 8 * j, acc[i][j], y);
 }
 
+/* One row times the first nv vectors of panel p. */
+T256VNNI static void i8_gemv_avxvnni(const eng_wpack *w, const eng_act *x, int m, int p, int nv,
+                                     float *y)
+{
+    switch (nv) {
+    case 1: i8_tile_avxvnni(w, x, m, 1, p, 0, 1, y); break;
+    case 2: i8_tile_avxvnni(w, x, m, 1, p, 0, 2, y); break;
+    case 3: i8_tile_avxvnni(w, x, m, 1, p, 0, 3, y); break;
+    case 4: i8_tile_avxvnni(w, x, m, 1, p, 0, 4, y); break;
+    case 5: i8_tile_avxvnni(w, x, m, 1, p, 0, 5, y); break;
+    case 6: i8_tile_avxvnni(w, x, m, 1, p, 0, 6, y); break;
+    case 7: i8_tile_avxvnni(w, x, m, 1, p, 0, 7, y); break;
+    default: i8_tile_avxvnni(w, x, m, 1, p, 0, 8, y); break;
+    }
+}
+
+/* Rows [m0, m1) times nv vectors from channel c0 of panel p, in tiles of MR_VNNI. */
+T256VNNI INLINE void i8_rows_avxvnni(const eng_wpack *w, const eng_act *x, int m0, int m1, int p,
+                                     int c0, int nv, float *y)
+{
+    for (int m = m0, mr; m < m1; m += mr) {
+        mr = eng_tile_rows(m1 - m, MR_VNNI);
+        switch (mr) {
+        case 1: i8_tile_avxvnni(w, x, m, 1, p, c0, nv, y); break;
+        case 2: i8_tile_avxvnni(w, x, m, 2, p, c0, nv, y); break;
+        default: i8_tile_avxvnni(w, x, m, 3, p, c0, nv, y); break;
+        }
+    }
+}
+
 T256VNNI static void i8_gemm_avxvnni(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
                                      int p1, float *y)
 {
     for (int p = p0; p < p1; p++) {
         if (m1 - m0 == 1) {
-            i8_tile_avxvnni(w, x, m0, 1, p, 0, 8, y);
+            i8_gemv_avxvnni(w, x, m0, p, panel_vectors(w->out, p, 0, 8), y);
             continue;
         }
         for (int c0 = 0; c0 < ENG_KP_NR && p * ENG_KP_NR + c0 < w->out; c0 += 32) {
-            for (int m = m0; m < m1; m += MR_VNNI) {
-                switch (m1 - m) {
-                case 1: i8_tile_avxvnni(w, x, m, 1, p, c0, 4, y); break;
-                case 2: i8_tile_avxvnni(w, x, m, 2, p, c0, 4, y); break;
-                default: i8_tile_avxvnni(w, x, m, 3, p, c0, 4, y); break;
-                }
+            switch (panel_vectors(w->out, p, c0, 4)) {
+            case 1: i8_rows_avxvnni(w, x, m0, m1, p, c0, 1, y); break;
+            case 2: i8_rows_avxvnni(w, x, m0, m1, p, c0, 2, y); break;
+            case 3: i8_rows_avxvnni(w, x, m0, m1, p, c0, 3, y); break;
+            default: i8_rows_avxvnni(w, x, m0, m1, p, c0, 4, y); break;
             }
         }
     }
@@ -217,23 +259,49 @@ T256 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int m
                         pair_sum256(acc[i][e], acc[i][e + 1]), y);
 }
 
+/* One row times the first nv 8-channel vectors of panel p (2 nv quads). The
+ * whole panel at once streams it front to back; some of the 16 accumulators
+ * live in L1, which a GEMV has time for. */
+T256 static void i8_gemv_madd(const eng_wpack *w, const eng_act *x, int m, int p, int nv, float *y)
+{
+    switch (nv) {
+    case 1: i8_tile_madd(w, x, m, 1, p, 0, 2, y); break;
+    case 2: i8_tile_madd(w, x, m, 1, p, 0, 4, y); break;
+    case 3: i8_tile_madd(w, x, m, 1, p, 0, 6, y); break;
+    case 4: i8_tile_madd(w, x, m, 1, p, 0, 8, y); break;
+    case 5: i8_tile_madd(w, x, m, 1, p, 0, 10, y); break;
+    case 6: i8_tile_madd(w, x, m, 1, p, 0, 12, y); break;
+    case 7: i8_tile_madd(w, x, m, 1, p, 0, 14, y); break;
+    default: i8_tile_madd(w, x, m, 1, p, 0, 16, y); break;
+    }
+}
+
+/* Rows [m0, m1) times nq quads from channel c0 of panel p, in tiles of MR_MADD. */
+T256 INLINE void i8_rows_madd(const eng_wpack *w, const eng_act *x, int m0, int m1, int p, int c0,
+                              int nq, float *y)
+{
+    for (int m = m0, mr; m < m1; m += mr) {
+        mr = eng_tile_rows(m1 - m, MR_MADD);
+        if (mr == 1)
+            i8_tile_madd(w, x, m, 1, p, c0, nq, y);
+        else
+            i8_tile_madd(w, x, m, 2, p, c0, nq, y);
+    }
+}
+
 T256 static void i8_gemm_avx2(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0, int p1,
                               float *y)
 {
     for (int p = p0; p < p1; p++) {
         if (m1 - m0 == 1) {
-            /* The whole panel at once streams it front to back; some of the
-             * 16 accumulators live in L1, which a GEMV has time for. */
-            i8_tile_madd(w, x, m0, 1, p, 0, 16, y);
+            i8_gemv_madd(w, x, m0, p, panel_vectors(w->out, p, 0, 8), y);
             continue;
         }
         for (int c0 = 0; c0 < ENG_KP_NR && p * ENG_KP_NR + c0 < w->out; c0 += 16) {
-            for (int m = m0; m < m1; m += MR_MADD) {
-                if (m1 - m == 1)
-                    i8_tile_madd(w, x, m, 1, p, c0, 4, y);
-                else
-                    i8_tile_madd(w, x, m, 2, p, c0, 4, y);
-            }
+            if (panel_vectors(w->out, p, c0, 2) == 1)
+                i8_rows_madd(w, x, m0, m1, p, c0, 2, y);
+            else
+                i8_rows_madd(w, x, m0, m1, p, c0, 4, y);
         }
     }
 }
@@ -289,21 +357,50 @@ T256 INLINE void float_tile256(const eng_wpack *w, const eng_act *x, int m, int 
     }
 }
 
+/* One row times the first nv vectors of panel p. */
+T256 INLINE void float_gemv256(const eng_wpack *w, const eng_act *x, int m, int p, int nv,
+                               eng_dtype dt, float *y)
+{
+    switch (nv) {
+    case 1: float_tile256(w, x, m, 1, p, 0, 1, dt, y); break;
+    case 2: float_tile256(w, x, m, 1, p, 0, 2, dt, y); break;
+    case 3: float_tile256(w, x, m, 1, p, 0, 3, dt, y); break;
+    case 4: float_tile256(w, x, m, 1, p, 0, 4, dt, y); break;
+    case 5: float_tile256(w, x, m, 1, p, 0, 5, dt, y); break;
+    case 6: float_tile256(w, x, m, 1, p, 0, 6, dt, y); break;
+    case 7: float_tile256(w, x, m, 1, p, 0, 7, dt, y); break;
+    default: float_tile256(w, x, m, 1, p, 0, 8, dt, y); break;
+    }
+}
+
+/* Rows [m0, m1) times nv vectors from channel c0 of panel p, in tiles of MR_FLOAT. */
+T256 INLINE void float_rows256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p, int c0,
+                               int nv, eng_dtype dt, float *y)
+{
+    for (int m = m0, mr; m < m1; m += mr) {
+        mr = eng_tile_rows(m1 - m, MR_FLOAT);
+        switch (mr) {
+        case 1: float_tile256(w, x, m, 1, p, c0, nv, dt, y); break;
+        case 2: float_tile256(w, x, m, 2, p, c0, nv, dt, y); break;
+        default: float_tile256(w, x, m, 3, p, c0, nv, dt, y); break;
+        }
+    }
+}
+
 T256 INLINE void float_gemm256(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
                                int p1, eng_dtype dt, float *y)
 {
     for (int p = p0; p < p1; p++) {
         if (m1 - m0 == 1) {
-            float_tile256(w, x, m0, 1, p, 0, 8, dt, y);
+            float_gemv256(w, x, m0, p, panel_vectors(w->out, p, 0, 8), dt, y);
             continue;
         }
         for (int c0 = 0; c0 < ENG_KP_NR && p * ENG_KP_NR + c0 < w->out; c0 += 32) {
-            for (int m = m0; m < m1; m += MR_FLOAT) {
-                switch (m1 - m) {
-                case 1: float_tile256(w, x, m, 1, p, c0, 4, dt, y); break;
-                case 2: float_tile256(w, x, m, 2, p, c0, 4, dt, y); break;
-                default: float_tile256(w, x, m, 3, p, c0, 4, dt, y); break;
-                }
+            switch (panel_vectors(w->out, p, c0, 4)) {
+            case 1: float_rows256(w, x, m0, m1, p, c0, 1, dt, y); break;
+            case 2: float_rows256(w, x, m0, m1, p, c0, 2, dt, y); break;
+            case 3: float_rows256(w, x, m0, m1, p, c0, 3, dt, y); break;
+            default: float_rows256(w, x, m0, m1, p, c0, 4, dt, y); break;
             }
         }
     }

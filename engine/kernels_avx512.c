@@ -30,6 +30,17 @@ static inline __mmask16 out_mask(int out, int o0)
     return out - o0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (out - o0)) - 1);
 }
 
+/* The 16-channel groups of panel p that hold outputs (1 to 4): a layer whose
+ * out is not a multiple of 64 (32 outputs, 2 labels, GPT-2's 50257-row head)
+ * skips the zero channels padding its last panel instead of multiplying them.
+ * Each tile takes it as a constant (the switches below), so its accumulators
+ * stay in registers. */
+static inline int panel_groups(int out, int p)
+{
+    int left = out - p * ENG_KP_NR;
+    return left >= ENG_KP_NR ? 4 : (left + 15) / 16;
+}
+
 /* ---- Activation quantiser ---------------------------------------------------- */
 
 /* minps/maxps with the running value second skip NaN as the reference does;
@@ -82,12 +93,12 @@ T512 INLINE void i8_store512(const eng_wpack *w, const eng_act *x, int m, int o0
 
 /* ---- INT8 with vpdpbusd --------------------------------------------------------- */
 
-/* A micro-tile: rows m..m+mr-1 times the 64 channels of panel p. Per group of
- * 4 k: four 64-byte loads of weights, one broadcast of 4 activation bytes per
- * row, 4 * mr vpdpbusd. mr is a constant at every call site, so acc lives in
- * registers (24 of the 32 zmm at mr = 6). */
-T512VNNI INLINE void i8_tile_vnni(const eng_wpack *w, const eng_act *x, int m, int mr, int p,
-                                  float *y)
+/* A micro-tile: rows m..m+mr-1 times the first nj groups of 16 channels of
+ * panel p. Per group of 4 k: nj 64-byte loads of weights, one broadcast of 4
+ * activation bytes per row, nj * mr vpdpbusd. mr and nj are constants at
+ * every call site, so acc lives in registers (24 of the 32 zmm at mr = 6). */
+T512VNNI INLINE void i8_tile_vnni(const eng_wpack *w, const eng_act *x, int m, int mr, int nj,
+                                  int p, float *y)
 {
     const int groups = w->kp / 4;
     const int8_t *wp = (const int8_t *)w->w + (size_t)p * groups * ENG_KP_NR * 4;
@@ -95,41 +106,55 @@ T512VNNI INLINE void i8_tile_vnni(const eng_wpack *w, const eng_act *x, int m, i
     __m512i acc[MR_VNNI][4];
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
-        #pragma GCC unroll 8
-        for (int j = 0; j < 4; j++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
             acc[i][j] = _mm512_setzero_si512();
     for (int g = 0; g < groups; g++, wp += ENG_KP_NR * 4) {
-        __m512i b0 = _mm512_load_si512(wp), b1 = _mm512_load_si512(wp + 64);
-        __m512i b2 = _mm512_load_si512(wp + 128), b3 = _mm512_load_si512(wp + 192);
+        __m512i b[4];
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            b[j] = _mm512_load_si512(wp + 64 * j);
         #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             __m512i a = _mm512_set1_epi32((int)load_u32(q + (size_t)i * x->ldq + 4 * g));
-            acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], a, b0);
-            acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], a, b1);
-            acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], a, b2);
-            acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], a, b3);
+            #pragma GCC unroll 4
+            for (int j = 0; j < nj; j++)
+                acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, b[j]);
         }
     }
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
-        #pragma GCC unroll 8
-        for (int j = 0; j < 4; j++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
             i8_store512(w, x, m + i, p * ENG_KP_NR + 16 * j, acc[i][j], y);
+}
+
+/* One panel's rows [m0, m1) in tiles of MR_VNNI, nj groups wide. */
+T512VNNI INLINE void i8_rows_vnni(const eng_wpack *w, const eng_act *x, int m0, int m1, int nj,
+                                  int p, float *y)
+{
+    for (int m = m0, mr; m < m1; m += mr) {
+        mr = eng_tile_rows(m1 - m, MR_VNNI);
+        switch (mr) {
+        case 1: i8_tile_vnni(w, x, m, 1, nj, p, y); break;
+        case 2: i8_tile_vnni(w, x, m, 2, nj, p, y); break;
+        case 3: i8_tile_vnni(w, x, m, 3, nj, p, y); break;
+        case 4: i8_tile_vnni(w, x, m, 4, nj, p, y); break;
+        case 5: i8_tile_vnni(w, x, m, 5, nj, p, y); break;
+        default: i8_tile_vnni(w, x, m, 6, nj, p, y); break;
+        }
+    }
 }
 
 T512VNNI static void i8_gemm_avx512vnni(const eng_wpack *w, const eng_act *x, int m0, int m1,
                                         int p0, int p1, float *y)
 {
     for (int p = p0; p < p1; p++) {
-        for (int m = m0; m < m1; m += MR_VNNI) {
-            switch (m1 - m) {
-            case 1: i8_tile_vnni(w, x, m, 1, p, y); break;
-            case 2: i8_tile_vnni(w, x, m, 2, p, y); break;
-            case 3: i8_tile_vnni(w, x, m, 3, p, y); break;
-            case 4: i8_tile_vnni(w, x, m, 4, p, y); break;
-            case 5: i8_tile_vnni(w, x, m, 5, p, y); break;
-            default: i8_tile_vnni(w, x, m, 6, p, y); break;
-            }
+        switch (panel_groups(w->out, p)) {
+        case 1: i8_rows_vnni(w, x, m0, m1, 1, p, y); break;
+        case 2: i8_rows_vnni(w, x, m0, m1, 2, p, y); break;
+        case 3: i8_rows_vnni(w, x, m0, m1, 3, p, y); break;
+        default: i8_rows_vnni(w, x, m0, m1, 4, p, y); break;
         }
     }
 }
@@ -152,7 +177,8 @@ T512 INLINE __m512i pair_sum512(__m512i a, __m512i b)
                             _mm512_permutex2var_epi32(a, odd, b));
 }
 
-T512 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int mr, int p, float *y)
+T512 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int mr, int nj, int p,
+                              float *y)
 {
     const int groups = w->kp / 4;
     const int8_t *wp = (const int8_t *)w->w + (size_t)p * groups * ENG_KP_NR * 4;
@@ -161,7 +187,7 @@ T512 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int m
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
         #pragma GCC unroll 8
-        for (int e = 0; e < 8; e++)
+        for (int e = 0; e < 2 * nj; e++)
             acc[i][e] = _mm512_setzero_si512();
     for (int g = 0; g < groups; g++, wp += ENG_KP_NR * 4) {
         __m512i a[MR_MADD];
@@ -170,7 +196,7 @@ T512 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int m
             a[i] = _mm512_cvtepu8_epi16(
                 _mm256_set1_epi32((int)load_u32(q + (size_t)i * x->ldq + 4 * g)));
 #pragma GCC unroll 8
-        for (int e = 0; e < 8; e++) {
+        for (int e = 0; e < 2 * nj; e++) {
             __m512i b = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(wp + 32 * e)));
             #pragma GCC unroll 8
             for (int i = 0; i < mr; i++)
@@ -179,22 +205,35 @@ T512 INLINE void i8_tile_madd(const eng_wpack *w, const eng_act *x, int m, int m
     }
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
-        #pragma GCC unroll 8
-        for (int j = 0; j < 4; j++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
             i8_store512(w, x, m + i, p * ENG_KP_NR + 16 * j,
                         pair_sum512(acc[i][2 * j], acc[i][2 * j + 1]), y);
+}
+
+/* One panel's rows [m0, m1) in tiles of MR_MADD, nj groups wide. */
+T512 INLINE void i8_rows_madd(const eng_wpack *w, const eng_act *x, int m0, int m1, int nj, int p,
+                              float *y)
+{
+    for (int m = m0, mr; m < m1; m += mr) {
+        mr = eng_tile_rows(m1 - m, MR_MADD);
+        switch (mr) {
+        case 1: i8_tile_madd(w, x, m, 1, nj, p, y); break;
+        case 2: i8_tile_madd(w, x, m, 2, nj, p, y); break;
+        default: i8_tile_madd(w, x, m, 3, nj, p, y); break;
+        }
+    }
 }
 
 T512 static void i8_gemm_avx512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
                                 int p1, float *y)
 {
     for (int p = p0; p < p1; p++) {
-        for (int m = m0; m < m1; m += MR_MADD) {
-            switch (m1 - m) {
-            case 1: i8_tile_madd(w, x, m, 1, p, y); break;
-            case 2: i8_tile_madd(w, x, m, 2, p, y); break;
-            default: i8_tile_madd(w, x, m, 3, p, y); break;
-            }
+        switch (panel_groups(w->out, p)) {
+        case 1: i8_rows_madd(w, x, m0, m1, 1, p, y); break;
+        case 2: i8_rows_madd(w, x, m0, m1, 2, p, y); break;
+        case 3: i8_rows_madd(w, x, m0, m1, 3, p, y); break;
+        default: i8_rows_madd(w, x, m0, m1, 4, p, y); break;
         }
     }
 }
@@ -215,11 +254,12 @@ T512 INLINE __m512 float_load512(const void *w, size_t i, eng_dtype dt)
     return _mm512_cvtph_ps(h);
 }
 
-/* Rows m..m+mr-1 of panel p over k in [k0, k1): the sums start from 0 at
- * k0 = 0 and from the partial sums left in y otherwise (stored floats, so
- * the chain goes on unchanged); the bias is added after the last k. */
-T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int p, int k0,
-                               int k1, eng_dtype dt, float *y)
+/* Rows m..m+mr-1 of the first nj groups of panel p over k in [k0, k1): the
+ * sums start from 0 at k0 = 0 and from the partial sums left in y otherwise
+ * (stored floats, so the chain goes on unchanged); the bias is added after
+ * the last k. */
+T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int mr, int nj, int p,
+                               int k0, int k1, eng_dtype dt, float *y)
 {
     const int in = w->in;
     size_t wi = ((size_t)p * in + k0) * ENG_KP_NR;
@@ -228,33 +268,31 @@ T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int 
     __m512 acc[MR_FLOAT][4];
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
-        #pragma GCC unroll 8
-        for (int j = 0; j < 4; j++) {
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
             int o0 = p * ENG_KP_NR + 16 * j;
-            acc[i][j] = k0 == 0 || o0 >= w->out
-                            ? _mm512_setzero_ps()
-                            : _mm512_maskz_loadu_ps(out_mask(w->out, o0),
-                                                    yr + (size_t)i * w->out + 16 * j);
+            acc[i][j] = k0 == 0 ? _mm512_setzero_ps()
+                                : _mm512_maskz_loadu_ps(out_mask(w->out, o0),
+                                                        yr + (size_t)i * w->out + 16 * j);
         }
     for (int k = k0; k < k1; k++, wi += ENG_KP_NR) {
-        __m512 b0 = float_load512(w->w, wi, dt), b1 = float_load512(w->w, wi + 16, dt);
-        __m512 b2 = float_load512(w->w, wi + 32, dt), b3 = float_load512(w->w, wi + 48, dt);
+        __m512 b[4];
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            b[j] = float_load512(w->w, wi + 16 * j, dt);
         #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             __m512 a = _mm512_set1_ps(xr[(size_t)i * in + k]);
-            acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
-            acc[i][2] = _mm512_fmadd_ps(a, b2, acc[i][2]);
-            acc[i][3] = _mm512_fmadd_ps(a, b3, acc[i][3]);
+            #pragma GCC unroll 4
+            for (int j = 0; j < nj; j++)
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
         }
     }
     #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
-        #pragma GCC unroll 8
-        for (int j = 0; j < 4; j++) {
+        #pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
             int o0 = p * ENG_KP_NR + 16 * j;
-            if (o0 >= w->out)
-                break;
             __m512 v = k1 == in ? _mm512_add_ps(acc[i][j], _mm512_load_ps(w->bias + o0))
                                 : acc[i][j];
             _mm512_mask_storeu_ps(yr + (size_t)i * w->out + 16 * j, out_mask(w->out, o0), v);
@@ -266,22 +304,34 @@ T512 INLINE void float_tile512(const eng_wpack *w, const eng_act *x, int m, int 
  * as F32) and the task's rows of x over that block (48 x 3 KiB) stay in L2
  * while every tile of the rows passes over them: with FFN-sized inputs
  * (3072) a whole panel and the rows would not fit. */
+T512 INLINE void float_rows512(const eng_wpack *w, const eng_act *x, int m0, int m1, int nj,
+                               int p, eng_dtype dt, float *y)
+{
+    for (int k0 = 0; k0 < w->in; k0 += KC_FLOAT) {
+        int k1 = w->in - k0 > KC_FLOAT ? k0 + KC_FLOAT : w->in;
+        for (int m = m0, mr; m < m1; m += mr) {
+            mr = eng_tile_rows(m1 - m, MR_FLOAT);
+            switch (mr) {
+            case 1: float_tile512(w, x, m, 1, nj, p, k0, k1, dt, y); break;
+            case 2: float_tile512(w, x, m, 2, nj, p, k0, k1, dt, y); break;
+            case 3: float_tile512(w, x, m, 3, nj, p, k0, k1, dt, y); break;
+            case 4: float_tile512(w, x, m, 4, nj, p, k0, k1, dt, y); break;
+            case 5: float_tile512(w, x, m, 5, nj, p, k0, k1, dt, y); break;
+            default: float_tile512(w, x, m, 6, nj, p, k0, k1, dt, y); break;
+            }
+        }
+    }
+}
+
 T512 INLINE void float_gemm512(const eng_wpack *w, const eng_act *x, int m0, int m1, int p0,
                                int p1, eng_dtype dt, float *y)
 {
     for (int p = p0; p < p1; p++) {
-        for (int k0 = 0; k0 < w->in; k0 += KC_FLOAT) {
-            int k1 = w->in - k0 > KC_FLOAT ? k0 + KC_FLOAT : w->in;
-            for (int m = m0; m < m1; m += MR_FLOAT) {
-                switch (m1 - m) {
-                case 1: float_tile512(w, x, m, 1, p, k0, k1, dt, y); break;
-                case 2: float_tile512(w, x, m, 2, p, k0, k1, dt, y); break;
-                case 3: float_tile512(w, x, m, 3, p, k0, k1, dt, y); break;
-                case 4: float_tile512(w, x, m, 4, p, k0, k1, dt, y); break;
-                case 5: float_tile512(w, x, m, 5, p, k0, k1, dt, y); break;
-                default: float_tile512(w, x, m, 6, p, k0, k1, dt, y); break;
-                }
-            }
+        switch (panel_groups(w->out, p)) {
+        case 1: float_rows512(w, x, m0, m1, 1, p, dt, y); break;
+        case 2: float_rows512(w, x, m0, m1, 2, p, dt, y); break;
+        case 3: float_rows512(w, x, m0, m1, 3, p, dt, y); break;
+        default: float_rows512(w, x, m0, m1, 4, p, dt, y); break;
         }
     }
 }

@@ -27,6 +27,15 @@ void eng_layernorm_row_ref(float *out, float *x, const float *residual, int d, c
         out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
 }
 
+void eng_layernorm_rows_ref(float *out, float *x, const float *residual, int n, int d,
+                            const float *gamma, const float *beta, float eps)
+{
+    for (int i = 0; i < n; i++) {
+        size_t o = (size_t)i * d;
+        eng_layernorm_row_ref(out + o, x + o, residual ? residual + o : NULL, d, gamma, beta, eps);
+    }
+}
+
 /* ---- spreading row and element work over the pool ----------------------------- */
 
 /* Below this much work a pool hand-off costs more than it saves. */
@@ -46,11 +55,9 @@ static void ln_chunk(void *ctx, int task, int thread)
     (void)thread;
     ln_task *t = ctx;
     int r0 = (int)((long)t->n * task / t->chunks), r1 = (int)((long)t->n * (task + 1) / t->chunks);
-    for (int i = r0; i < r1; i++) {
-        size_t o = (size_t)i * t->d;
-        ops()->layernorm_row(t->out + o, t->x + o, t->residual ? t->residual + o : NULL, t->d,
-                             t->gamma, t->beta, t->eps);
-    }
+    size_t o = (size_t)r0 * t->d;
+    ops()->layernorm_rows(t->out + o, t->x + o, t->residual ? t->residual + o : NULL, r1 - r0, t->d,
+                          t->gamma, t->beta, t->eps);
 }
 
 static int chunks_for(size_t elems)
@@ -128,8 +135,9 @@ void eng_relu(float *x, size_t n)
 
 /* ---- dispatch ----------------------------------------------------------------- */
 
+/* No attend_small: one query at a time in plain C is slower than OpenBLAS. */
 static const eng_ops_impl ref_impl = {"ref", eng_gelu_erf_ref, eng_gelu_tanh_ref, eng_quick_gelu_ref,
-                                      eng_softmax_ref, eng_layernorm_row_ref};
+                                      eng_softmax_ref, eng_layernorm_rows_ref, NULL};
 static const eng_ops_impl *impl = &ref_impl;
 static pthread_once_t impl_once = PTHREAD_ONCE_INIT;
 
@@ -241,6 +249,39 @@ void eng_softmax_ref(float *x, int n)
     float inv = 1.0f / sum;
     for (int i = 0; i < n; i++)
         x[i] *= inv;
+}
+
+bool eng_attend_small(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                      int Lq, int Lk, int hd, float scale, bool causal, float *out, int ldo)
+{
+    const eng_ops_impl *o = ops();
+    if (!o->attend_small || Lk > ENG_SMALL_HEAD_LK || hd > ENG_SMALL_HEAD_HD)
+        return false;
+    o->attend_small(q, ldq, k, ldk, v, ldv, Lq, Lk, hd, scale, causal, out, ldo);
+    return true;
+}
+
+void eng_attend_small_ref(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                          int Lq, int Lk, int hd, float scale, bool causal, float *out, int ldo)
+{
+    float p[ENG_SMALL_HEAD_LK];
+    for (int i = 0; i < Lq; i++) {
+        const float *qi = q + (size_t)i * ldq;
+        int seen = causal ? Lk - Lq + i + 1 : Lk;
+        for (int j = 0; j < seen; j++) {
+            float dot = 0.0f;
+            for (int d = 0; d < hd; d++)
+                dot += qi[d] * k[(size_t)j * ldk + d];
+            p[j] = dot * scale;
+        }
+        eng_softmax_ref(p, seen);
+        for (int d = 0; d < hd; d++) {
+            float acc = 0.0f;
+            for (int j = 0; j < seen; j++)
+                acc += p[j] * v[(size_t)j * ldv + d];
+            out[(size_t)i * ldo + d] = acc;
+        }
+    }
 }
 
 void eng_log_softmax(float *out, const float *x, int n)

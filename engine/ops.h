@@ -3,6 +3,7 @@
 #ifndef ENG_OPS_H
 #define ENG_OPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* out (n, d) = LayerNorm(x) * gamma + beta over each row; out may equal x. */
@@ -30,6 +31,19 @@ eng_activation_fn eng_activation_by_name(const char *name);
 /* Softmax of one row of n values, in place, max-subtracted for stability. */
 void eng_softmax(float *x, int n);
 
+/* Attention heads at most this big may go through eng_attend_small. */
+enum { ENG_SMALL_HEAD_LK = 64, ENG_SMALL_HEAD_HD = 64 };
+
+/* One attention head, out (Lq, hd) = softmax(scale · q kᵀ) v, with the
+ * arguments and causal rule of eng_attend_head (engine/attention.h) less its
+ * scores scratch: a query's scores stay in registers from the products to
+ * the softmax. For heads so small (14 x 14 x 16 in a tiny DistilBERT) that
+ * the calls into OpenBLAS cost more than their arithmetic. Returns false,
+ * having written nothing, when Lk > ENG_SMALL_HEAD_LK, hd > ENG_SMALL_HEAD_HD
+ * or the kernel set in use has no such kernel: the caller then takes BLAS. */
+bool eng_attend_small(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                      int Lq, int Lk, int hd, float scale, bool causal, float *out, int ldo);
+
 /* log_softmax of one row of n values into out (may equal x). */
 void eng_log_softmax(float *out, const float *x, int n);
 
@@ -42,6 +56,12 @@ void eng_softmax_ref(float *x, int n);
  * written back to x), the reference of the vectorised rows. */
 void eng_layernorm_row_ref(float *out, float *x, const float *residual, int d, const float *gamma,
                            const float *beta, float eps);
+/* eng_layernorm_row_ref over n rows of d. */
+void eng_layernorm_rows_ref(float *out, float *x, const float *residual, int n, int d,
+                            const float *gamma, const float *beta, float eps);
+/* eng_attend_small one query at a time, in plain C, within its bounds. */
+void eng_attend_small_ref(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                          int Lq, int Lk, int hd, float scale, bool causal, float *out, int ldo);
 
 /* The kernel set in use ("avx512", "avx2", "ref"), and a given one for the
  * tests (NULL when this CPU lacks it). */

@@ -116,36 +116,47 @@ __attribute__((target("avx512f"))) static void quick_gelu_512(float *x, size_t n
     }
 }
 
+/* Three passes (max, exp and sum, scale), with the tail of fewer than 16
+ * elements loaded once and kept in a register from the exp to the scaling:
+ * reloading it after its masked store would wait for the store to retire
+ * (masked stores do not forward to loads), a stall as long as the whole of a
+ * short row's arithmetic. */
 __attribute__((target("avx512f"))) static void softmax_512(float *x, int n)
 {
+    int nt = n & ~15;
+    __mmask16 tail = (__mmask16)((1u << (n - nt)) - 1);
+    __m512 xt = _mm512_maskz_loadu_ps(tail, x + nt);
     __m512 vmax = _mm512_set1_ps(-INFINITY);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
+    for (int i = 0; i < nt; i += 16)
         vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
-    __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
-    vmax = _mm512_mask_max_ps(vmax, tail, vmax, _mm512_maskz_loadu_ps(tail, x + i));
+    vmax = _mm512_mask_max_ps(vmax, tail, vmax, xt);
     __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), sum = _mm512_setzero_ps();
-    for (i = 0; i + 16 <= n; i += 16) {
+    for (int i = 0; i < nt; i += 16) {
         __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
         _mm512_storeu_ps(x + i, e);
         sum = _mm512_add_ps(sum, e);
     }
-    if (i < n) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + i), m));
-        _mm512_mask_storeu_ps(x + i, tail, e);
-        sum = _mm512_mask_add_ps(sum, tail, sum, e);
-    }
+    __m512 et = exp512(_mm512_sub_ps(xt, m));
+    sum = _mm512_mask_add_ps(sum, tail, sum, et);
     __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (i = 0; i + 16 <= n; i += 16)
+    for (int i = 0; i < nt; i += 16)
         _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
-    if (i < n)
-        _mm512_mask_storeu_ps(x + i, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), inv));
+    _mm512_mask_storeu_ps(x + nt, tail, _mm512_mul_ps(et, inv));
 }
 
-/* Mean and variance in float over 16 lanes, then a double reduction: two
- * passes, as the reference, so rows of any width stay within 1e-6. */
-__attribute__((target("avx512f"))) static void layernorm_row_512(float *out, float *x,
-    const float *residual, int d, const float *gamma, const float *beta, float eps)
+/* LayerNorm rows: mean and variance in float over 16 lanes, then a double
+ * reduction, two passes as the reference, so rows of any width stay within
+ * 1e-6. Rows go in groups, phase by phase (sums, variances, output), so that
+ * the group's rows overlap in the core and the scalar double tail of the
+ * statistics (a division for the mean; a division, a square root and a
+ * division for 1 / std: some 60 cycles of latency per row) runs once per
+ * group in vectors of 8 rows. Vector and scalar divisions and square roots
+ * round alike, so each row's result does not depend on its group. */
+
+/* Σ x (in double after the 16-lane float sum), first adding the residual
+ * into x when there is one. */
+__attribute__((target("avx512f"))) static inline double ln_sum512(float *x, const float *residual,
+                                                                  int d)
 {
     __m512 s = _mm512_setzero_ps();
     int j = 0;
@@ -163,18 +174,30 @@ __attribute__((target("avx512f"))) static void layernorm_row_512(float *out, flo
             x[j] += residual[j];
         sum += x[j];
     }
-    float mean = (float)(sum / d);
+    return sum;
+}
+
+/* Σ (x - mean)², in double after the 16-lane float sum. */
+__attribute__((target("avx512f"))) static inline double ln_var512(const float *x, float mean, int d)
+{
     __m512 m = _mm512_set1_ps(mean), s2 = _mm512_setzero_ps();
-    for (j = 0; j + 16 <= d; j += 16) {
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
         __m512 t = _mm512_sub_ps(_mm512_loadu_ps(x + j), m);
         s2 = _mm512_fmadd_ps(t, t, s2);
     }
     double var = _mm512_reduce_add_ps(s2);
     for (; j < d; j++)
         var += (double)(x[j] - mean) * (x[j] - mean);
-    float rstd = (float)(1.0 / sqrt(var / d + eps));
-    __m512 r = _mm512_set1_ps(rstd);
-    for (j = 0; j + 16 <= d; j += 16) {
+    return var;
+}
+
+__attribute__((target("avx512f"))) static inline void ln_out512(float *out, const float *x,
+    float mean, float rstd, int d, const float *gamma, const float *beta)
+{
+    __m512 m = _mm512_set1_ps(mean), r = _mm512_set1_ps(rstd);
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
         __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m), r);
         _mm512_storeu_ps(out + j, _mm512_fmadd_ps(t, _mm512_loadu_ps(gamma + j), _mm512_loadu_ps(beta + j)));
     }
@@ -182,8 +205,235 @@ __attribute__((target("avx512f"))) static void layernorm_row_512(float *out, flo
         out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
 }
 
+__attribute__((target("avx512f"))) static void layernorm_rows_512(float *out, float *x,
+    const float *residual, int n, int d, const float *gamma, const float *beta, float eps)
+{
+    /* Up to 8 rows a group, fewer when wide, so that the group's rows stay
+     * in L1 across the three passes (16 KiB). */
+    int group = d <= 512 ? 8 : d <= 4096 ? 4096 / d : 1;
+    __m512d vd = _mm512_set1_pd((double)d);
+    for (int r0 = 0; r0 < n; r0 += group) {
+        int g = n - r0 < group ? n - r0 : group;
+        double acc[8] = {0};
+        float mean[8], rstd[8];
+        for (int r = 0; r < g; r++) {
+            size_t o = (size_t)(r0 + r) * d;
+            acc[r] = ln_sum512(x + o, residual ? residual + o : NULL, d);
+        }
+        _mm256_storeu_ps(mean, _mm512_cvtpd_ps(_mm512_div_pd(_mm512_loadu_pd(acc), vd)));
+        for (int r = 0; r < g; r++)
+            acc[r] = ln_var512(x + (size_t)(r0 + r) * d, mean[r], d);
+        __m512d v = _mm512_add_pd(_mm512_div_pd(_mm512_loadu_pd(acc), vd), _mm512_set1_pd(eps));
+        v = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_sqrt_pd(v));
+        _mm256_storeu_ps(rstd, _mm512_cvtpd_ps(v));
+        for (int r = 0; r < g; r++) {
+            size_t o = (size_t)(r0 + r) * d;
+            ln_out512(out + o, x + o, mean[r], rstd[r], d, gamma, beta);
+        }
+    }
+}
+
+/* ---- Small attention heads (AVX-512) --------------------------------------
+ *
+ * kᵀ goes once into a buffer on the stack, (hd, 16 nc) for Lk <= 16 nc keys,
+ * so that a query's scores come out as nc vectors of 16 keys: fused
+ * multiply-adds of its elements broadcast against rows of kᵀ. The softmax
+ * then runs on those registers; only the probabilities go through memory, to
+ * be broadcast against the rows of v. Queries go in blocks of R, which share
+ * every load of kᵀ and v and give the core R independent chains. */
+
+#define T512A __attribute__((target("avx512f")))
+#define INLINE512 static inline __attribute__((always_inline))
+
+/* Lanes [0, n) of a 16-lane vector, n clipped to [0, 16]. */
+static inline __mmask16 lanes16(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* r[i][j] becomes r[j][i]. */
+T512A INLINE512 void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+/* kt (hd, ldt) = kᵀ of keys [0, Lk), zeros past Lk, in 16 x 16 blocks. */
+T512A static void transpose_keys512(const float *k, int ldk, int Lk, int hd, float *kt, int ldt)
+{
+    for (int j0 = 0; j0 < ldt; j0 += 16)
+        for (int d0 = 0; d0 < hd; d0 += 16) {
+            __mmask16 md = lanes16(hd - d0);
+            __m512 r[16];
+            #pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                r[j] = _mm512_maskz_loadu_ps(j0 + j < Lk ? md : 0, k + (size_t)(j0 + j) * ldk + d0);
+            transpose16(r);
+            for (int d = 0; d < 16 && d0 + d < hd; d++)
+                _mm512_store_ps(kt + (size_t)(d0 + d) * ldt + j0, r[d]);
+        }
+}
+
+/* Rows i0 .. i0+R-1 of out (those below Lq) = p v over the first seen keys,
+ * those the last query of the block sees (the others' probabilities are 0
+ * past their own), in two chains, over even and odd keys. */
+T512A INLINE512 void attend_mix512(const float (*p)[ENG_SMALL_HEAD_LK], const float *v, int ldv,
+                                   int seen, int i0, int Lq, int hd, float *out, int ldo, int R)
+{
+    for (int h = 0; h < hd; h += 16) {
+        __mmask16 mh = lanes16(hd - h);
+        __m512 acc0[4], acc1[4];
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc0[r] = acc1[r] = _mm512_setzero_ps();
+        int j = 0;
+        for (; j + 2 <= seen; j += 2) {
+            __m512 v0 = _mm512_maskz_loadu_ps(mh, v + (size_t)j * ldv + h);
+            __m512 v1 = _mm512_maskz_loadu_ps(mh, v + (size_t)(j + 1) * ldv + h);
+            #pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r][j]), v0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r][j + 1]), v1, acc1[r]);
+            }
+        }
+        if (j < seen) {
+            __m512 v0 = _mm512_maskz_loadu_ps(mh, v + (size_t)j * ldv + h);
+            #pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r][j]), v0, acc0[r]);
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            if (i0 + r < Lq)
+                _mm512_mask_storeu_ps(out + (size_t)(i0 + r) * ldo + h, mh,
+                                      _mm512_add_ps(acc0[r], acc1[r]));
+    }
+}
+
+/* Queries i0 .. i0+R-1 of the head (those past Lq repeat the last one and
+ * are not stored), with Lk <= 16 nc keys. The scores of a query sum two
+ * chains, over even and odd dimensions, to halve their latency. */
+T512A INLINE512 void attend_block512(const float *q, int ldq, const float *kt, const float *v,
+                                     int ldv, int i0, int Lq, int Lk, int hd, float scale,
+                                     bool causal, float *out, int ldo, int R, int nc)
+{
+    const int ldt = 16 * nc;
+    float p[4][ENG_SMALL_HEAD_LK] __attribute__((aligned(64)));
+    const float *qr[4];
+    int seen[4];
+    __m512 s0[4][4], s1[4][4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        int i = i0 + r < Lq ? i0 + r : Lq - 1;
+        qr[r] = q + (size_t)i * ldq;
+        seen[r] = causal ? Lk - Lq + i + 1 : Lk;
+        #pragma GCC unroll 4
+        for (int c = 0; c < nc; c++)
+            s0[r][c] = s1[r][c] = _mm512_setzero_ps();
+    }
+    int d = 0;
+    for (; d + 2 <= hd; d += 2) {
+        const float *t = kt + (size_t)d * ldt;
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 a0 = _mm512_set1_ps(qr[r][d]), a1 = _mm512_set1_ps(qr[r][d + 1]);
+            #pragma GCC unroll 4
+            for (int c = 0; c < nc; c++) {
+                s0[r][c] = _mm512_fmadd_ps(a0, _mm512_load_ps(t + 16 * c), s0[r][c]);
+                s1[r][c] = _mm512_fmadd_ps(a1, _mm512_load_ps(t + ldt + 16 * c), s1[r][c]);
+            }
+        }
+    }
+    if (d < hd) {
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 a0 = _mm512_set1_ps(qr[r][d]);
+            #pragma GCC unroll 4
+            for (int c = 0; c < nc; c++)
+                s0[r][c] = _mm512_fmadd_ps(a0, _mm512_load_ps(kt + (size_t)d * ldt + 16 * c),
+                                           s0[r][c]);
+        }
+    }
+    /* The softmax of each query over its seen keys; unseen keys get 0. */
+    __m512 vs = _mm512_set1_ps(scale);
+    #pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        __m512 vmax = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+        __mmask16 mk[4];
+        #pragma GCC unroll 4
+        for (int c = 0; c < nc; c++) {
+            mk[c] = lanes16(seen[r] - 16 * c);
+            s0[r][c] = _mm512_mul_ps(_mm512_add_ps(s0[r][c], s1[r][c]), vs);
+            vmax = _mm512_mask_max_ps(vmax, mk[c], vmax, s0[r][c]);
+        }
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+        #pragma GCC unroll 4
+        for (int c = 0; c < nc; c++) {
+            s0[r][c] = _mm512_maskz_mov_ps(mk[c], exp512(_mm512_sub_ps(s0[r][c], m)));
+            sum = _mm512_add_ps(sum, s0[r][c]);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+        #pragma GCC unroll 4
+        for (int c = 0; c < nc; c++)
+            _mm512_store_ps(p[r] + 16 * c, _mm512_mul_ps(s0[r][c], inv));
+    }
+    attend_mix512(p, v, ldv, seen[R - 1], i0, Lq, hd, out, ldo, R);
+}
+
+/* Every query of the head in blocks of R (a constant, as nc). */
+T512A INLINE512 void attend_rows512(const float *q, int ldq, const float *kt, const float *v,
+                                    int ldv, int Lq, int Lk, int hd, float scale, bool causal,
+                                    float *out, int ldo, int R, int nc)
+{
+    for (int i0 = 0; i0 < Lq; i0 += R) {
+        if (Lq - i0 == 1)
+            attend_block512(q, ldq, kt, v, ldv, i0, Lq, Lk, hd, scale, causal, out, ldo, 1, nc);
+        else
+            attend_block512(q, ldq, kt, v, ldv, i0, Lq, Lk, hd, scale, causal, out, ldo, R, nc);
+    }
+}
+
+T512A static void attend_small_512(const float *q, int ldq, const float *k, int ldk,
+                                   const float *v, int ldv, int Lq, int Lk, int hd, float scale,
+                                   bool causal, float *out, int ldo)
+{
+    int nc = (Lk + 15) / 16;
+    float kt[ENG_SMALL_HEAD_HD * ENG_SMALL_HEAD_LK] __attribute__((aligned(64)));
+    transpose_keys512(k, ldk, Lk, hd, kt, 16 * nc);
+    /* R * nc * 2 score accumulators: at most 16 of the 32 registers. */
+    switch (nc) {
+    case 1: attend_rows512(q, ldq, kt, v, ldv, Lq, Lk, hd, scale, causal, out, ldo, 4, 1); break;
+    case 2: attend_rows512(q, ldq, kt, v, ldv, Lq, Lk, hd, scale, causal, out, ldo, 4, 2); break;
+    case 3: attend_rows512(q, ldq, kt, v, ldv, Lq, Lk, hd, scale, causal, out, ldo, 2, 3); break;
+    default: attend_rows512(q, ldq, kt, v, ldv, Lq, Lk, hd, scale, causal, out, ldo, 2, 4); break;
+    }
+}
+
 static const eng_ops_impl avx512_impl = {"avx512", gelu_erf_512, gelu_tanh_512, quick_gelu_512,
-                                         softmax_512, layernorm_row_512};
+                                         softmax_512, layernorm_rows_512, attend_small_512};
 
 const eng_ops_impl *eng_ops_avx512(void)
 {
@@ -299,7 +549,7 @@ AVX2 static void softmax_256(float *x, int n)
 }
 
 static const eng_ops_impl avx2_impl = {"avx2", gelu_erf_256, gelu_tanh_256, quick_gelu_256,
-                                       softmax_256, eng_layernorm_row_ref};
+                                       softmax_256, eng_layernorm_rows_ref, NULL};
 
 const eng_ops_impl *eng_ops_avx2(void)
 {

@@ -1,5 +1,6 @@
 /* Attention over packed sequences and KV-cache shapes, against a plain
- * double-precision reference, and the pool's split against one thread. */
+ * double-precision reference, and the pool's split against one thread;
+ * heads small enough for eng_attend_small and just too big for it. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,8 @@ static float *random_floats(size_t n, unsigned seed)
     return x;
 }
 
-/* One head of one sequence, the textbook way, in doubles. */
-static void reference_head(const eng_attn_seq *s, int h, bool causal, double *out)
+/* One head (hd wide) of one sequence, the textbook way, in doubles. */
+static void reference_head(const eng_attn_seq *s, int h, int hd, bool causal, double *out)
 {
     double *p = malloc((size_t)s->Lk * sizeof *p);
     for (int i = 0; i < s->Lq; i++) {
@@ -29,36 +30,40 @@ static void reference_head(const eng_attn_seq *s, int h, bool causal, double *ou
         double mx = -INFINITY, sum = 0;
         for (int j = 0; j < seen; j++) {
             double d = 0;
-            for (int c = 0; c < HD; c++)
-                d += (double)s->q[(size_t)i * s->ldq + h * HD + c] * s->k[(size_t)j * s->ldk + h * HD + c];
-            p[j] = d / sqrt((double)HD);
+            for (int c = 0; c < hd; c++)
+                d += (double)s->q[(size_t)i * s->ldq + h * hd + c] * s->k[(size_t)j * s->ldk + h * hd + c];
+            p[j] = d / sqrt((double)hd);
             mx = fmax(mx, p[j]);
         }
         for (int j = 0; j < seen; j++)
             sum += p[j] = exp(p[j] - mx);
-        for (int c = 0; c < HD; c++) {
+        for (int c = 0; c < hd; c++) {
             double acc = 0;
             for (int j = 0; j < seen; j++)
-                acc += p[j] / sum * s->v[(size_t)j * s->ldv + h * HD + c];
-            out[(size_t)i * HD + c] = acc;
+                acc += p[j] / sum * s->v[(size_t)j * s->ldv + h * hd + c];
+            out[(size_t)i * hd + c] = acc;
         }
     }
     free(p);
 }
 
-static void check_against_reference(const eng_attn_seq *seqs, int n, bool causal)
+static void check_against_reference(const eng_attn_seq *seqs, int n, int heads, int hd,
+                                    bool causal)
 {
-    double out[64 * HD];
-    for (int s = 0; s < n; s++)
-        for (int h = 0; h < HEADS; h++) {
-            reference_head(&seqs[s], h, causal, out);
+    for (int s = 0; s < n; s++) {
+        double *out = malloc((size_t)seqs[s].Lq * hd * sizeof *out);
+        for (int h = 0; h < heads; h++) {
+            reference_head(&seqs[s], h, hd, causal, out);
             double worst = 0;
             for (int i = 0; i < seqs[s].Lq; i++)
-                for (int c = 0; c < HD; c++)
-                    worst = fmax(worst, fabs(seqs[s].out[(size_t)i * seqs[s].ldo + h * HD + c] -
-                                             out[(size_t)i * HD + c]));
-            CHECK_MSG(worst < 1e-5, "seq %d head %d causal %d: error %g", s, h, causal, worst);
+                for (int c = 0; c < hd; c++)
+                    worst = fmax(worst, fabs(seqs[s].out[(size_t)i * seqs[s].ldo + h * hd + c] -
+                                             out[(size_t)i * hd + c]));
+            CHECK_MSG(worst < 1e-5, "seq %d (Lq %d, Lk %d, hd %d) head %d causal %d: error %g", s,
+                      seqs[s].Lq, seqs[s].Lk, hd, h, causal, worst);
         }
+        free(out);
+    }
 }
 
 /* Self-attention over a packed batch of lengths 1..40: each sequence sees
@@ -80,7 +85,7 @@ TEST(attention_packed_batch_matches_reference)
             size_t r = (size_t)off[s] * DIM;
             seqs[s] = (eng_attn_seq){q + r, k + r, v + r, DIM, DIM, DIM, lens[s], lens[s], ctx + r, DIM};
         }
-        check_against_reference(seqs, n, causal);
+        check_against_reference(seqs, n, HEADS, HD, causal);
     }
     free(q), free(k), free(v), free(ctx);
 }
@@ -103,7 +108,7 @@ TEST(attention_cached_keys_and_threads)
                                  .out = malloc((size_t)newq[s] * DIM * sizeof(float)), .ldo = DIM};
     }
     eng_attention(seqs, n, HEADS, HD, true);
-    check_against_reference(seqs, n, true);
+    check_against_reference(seqs, n, HEADS, HD, true);
     float *first[4];
     for (int s = 0; s < n; s++) {
         size_t bytes = (size_t)newq[s] * DIM * sizeof(float);
@@ -120,4 +125,32 @@ TEST(attention_cached_keys_and_threads)
         free(first[s]), free(seqs[s].out);
         free(bufs[3 * s]), free(bufs[3 * s + 1]), free(bufs[3 * s + 2]);
     }
+}
+
+/* Head widths of the models (16 in the tiny DistilBERT, 64 in the real ones)
+ * and one not a multiple of 16; key counts at the edges of 16-key vectors and
+ * of eng_attend_small's bounds (64 keys), with strided queries and fewer
+ * queries than keys (a cached past). */
+TEST(attention_small_heads_match_reference)
+{
+    static const int hds[] = {16, 24, 64};
+    static const int shapes[][2] = {{1, 1}, {14, 14}, {16, 16}, {17, 17}, {50, 50},
+                                    {64, 64}, {65, 65}, {1, 33}, {3, 64}, {5, 70}};
+    enum { H = 2 };
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof shapes / sizeof *shapes; b++) {
+            int hd = hds[a], dim = H * hd, Lq = shapes[b][0], Lk = shapes[b][1];
+            float *q = random_floats((size_t)Lq * 3 * dim, 40 + (unsigned)b);
+            float *k = random_floats((size_t)Lk * dim, 50 + (unsigned)b);
+            float *v = random_floats((size_t)Lk * dim, 60 + (unsigned)b);
+            float *out = malloc((size_t)Lq * dim * sizeof *out);
+            for (int causal = Lq < Lk; causal < 2; causal++) {
+                eng_attn_seq s = {.q = q, .ldq = 3 * dim, .k = k, .ldk = dim, .v = v, .ldv = dim,
+                                  .Lq = Lq, .Lk = Lk, .out = out, .ldo = dim};
+                memset(out, 0xff, (size_t)Lq * dim * sizeof *out);
+                eng_attention(&s, 1, H, hd, causal);
+                check_against_reference(&s, 1, H, hd, causal);
+            }
+            free(q), free(k), free(v), free(out);
+        }
 }

@@ -67,7 +67,7 @@ static int supported_levels(const eng_kernels **out)
 
 static const int sizes_n[] = {1, 3, 17, 64};
 static const int sizes_in[] = {1, 7, 64, 100, 769};
-static const int sizes_out[] = {1, 5, 16, 33, 2304};
+static const int sizes_out[] = {1, 5, 16, 32, 33, 100, 2304};
 #define COUNT(a) (int)(sizeof(a) / sizeof *(a))
 
 /* The pack's arrays as one comparable region: everything after the struct. */
