@@ -87,6 +87,8 @@ static const opt_def opt_table[] = {
     {.name = "max-batch-wait-us", AS_INT(max_batch_wait_us), .arg = "MICROSECONDS",
      .def = "2000", .min = 0, .max = 10000000,
      .help = "How long a forward pass waits for more requests to join it."},
+    {.name = "adaptive-batch-wait", AS_BOOL(adaptive_batch_wait), .def = "true",
+     .help = "Skip the batch wait while requests arrive one at a time."},
     {.name = "inline-max-us", AS_INT(inline_max_us), .arg = "MICROSECONDS", .def = "100",
      .min = 0, .max = 10000000,
      .help = "Cheaper classifications sent to an idle model skip the queue (0: never)."},

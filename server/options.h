@@ -41,6 +41,7 @@ typedef struct srv_options {
     int max_batch_size;     /* requests in one forward pass */
     int max_batch_tokens;   /* tokens (padded) in one forward pass */
     int max_batch_wait_us;  /* how long a batch waits to fill */
+    bool adaptive_batch_wait; /* no wait while requests come one at a time */
     int inline_max_us;      /* cheaper classifications skip the queue */
     int max_queue;          /* waiting requests per model before 429 */
     int max_client_batch_size; /* texts in one request */

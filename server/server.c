@@ -186,7 +186,8 @@ static void models_loaded(uv_work_t *work, int status)
     }
     srv_worker_cfg wc = {
         .max_batch_size = s->opts->max_batch_size, .max_batch_tokens = s->opts->max_batch_tokens,
-        .max_batch_wait_us = s->opts->max_batch_wait_us, .max_queue = s->opts->max_queue,
+        .max_batch_wait_us = s->opts->max_batch_wait_us,
+        .adaptive_batch_wait = s->opts->adaptive_batch_wait, .max_queue = s->opts->max_queue,
         .inline_max_us = s->opts->inline_max_us,
         .max_batch_total_tokens = s->opts->max_batch_total_tokens, .limits = s->limits};
     srv_worker_hooks hooks = {.done = job_done, .ud = s, .metrics = s->metrics};

@@ -70,13 +70,20 @@ static void deadline_after(struct timespec *ts, double t)
 }
 
 /* Waits for work, then for the batch to fill or its oldest job to have waited
- * long enough; returns the jobs taken (a list), NULL when stopping and idle. */
+ * long enough; returns the jobs taken (a list), NULL when stopping and idle.
+ *
+ * With adaptive_batch_wait, a batch after one that held a single request
+ * leaves at once: requests are coming one at a time, and the wait would only
+ * add itself to each one's latency. Batching still starts by itself when load
+ * rises, from the requests that queue while a forward runs; from the first
+ * batch of two or more, the wait applies again. */
 static srv_job *take_batch(srv_worker *w)
 {
     pthread_mutex_lock(&w->lock);
     while (!w->head && !w->stopping)
         pthread_cond_wait(&w->wake, &w->lock);
-    if (w->head && !w->stopping) {
+    bool light = w->cfg.adaptive_batch_wait && w->last_batch_jobs <= 1;
+    if (w->head && !w->stopping && !light) {
         struct timespec until;
         deadline_after(&until, w->head->t_enqueue + w->cfg.max_batch_wait_us * 1e-6);
         while (!batch_full(w) && !w->stopping &&
@@ -84,7 +91,7 @@ static srv_job *take_batch(srv_worker *w)
             ;
     }
     srv_job *taken = NULL, **link = &taken;
-    int seqs = 0, tokens = 0;
+    int seqs = 0, tokens = 0, live = 0;
     while (w->head) {
         srv_job *j = w->head;
         bool fits = seqs + j->n_seq <= w->cfg.max_batch_size &&
@@ -101,10 +108,12 @@ static srv_job *take_batch(srv_worker *w)
         if (!atomic_load(&j->cancelled)) {
             seqs += j->n_seq;
             tokens += j->n_tokens;
+            live++;
         }
     }
     int waiting = w->n_waiting;
     w->busy = taken != NULL;
+    w->last_batch_jobs = live;
     pthread_mutex_unlock(&w->lock);
     srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
     return taken;

@@ -3,7 +3,8 @@
  * Jobs are queued by the loop thread and taken by the worker, which gathers
  * several into one forward pass (dynamic batching): a batch leaves when it
  * holds max_batch_size sequences or max_batch_tokens tokens, or when its oldest
- * request has waited max_batch_wait_us. A finished job goes back to the loop
+ * request has waited max_batch_wait_us (unless traffic is too light to batch:
+ * adaptive_batch_wait). A finished job goes back to the loop
  * thread through srv_worker_hooks.done, which answers and frees it: the loop
  * thread owns every job except while the worker holds it.
  *
@@ -61,6 +62,7 @@ typedef struct srv_worker_cfg {
     int max_batch_size;
     int max_batch_tokens;
     long max_batch_wait_us;
+    bool adaptive_batch_wait;    /* skip the wait after a batch of one (see take_batch) */
     long inline_max_us;          /* 0: every job goes through the queue */
     int max_queue;
     long max_batch_total_tokens; /* generation: the KV-cache budget */
@@ -84,6 +86,7 @@ struct srv_worker {
     srv_job *head, *tail;     /* waiting jobs, oldest first */
     int n_waiting;
     bool busy;                /* the worker holds a batch */
+    int last_batch_jobs;      /* requests computed in the last batch (0 before any) */
     _Atomic long ns_per_token; /* classify cost per token, averaged; 0 until measured */
     bool stopping;
     bool started;

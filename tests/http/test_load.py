@@ -59,7 +59,8 @@ def queued(d, n):
     return metric(d.metrics(), 'predictd_queue_size{model="tiny"}') == n
 
 
-# The tests below are about the queue: their daemons never compute inline.
+# The tests below are about the queue: their daemons never compute inline,
+# and (but for the first) hold even a lone request for the batch window.
 
 # ---- a request to an idle model, computed on the loop --------------------------------
 
@@ -85,10 +86,30 @@ def inline_when_idle(d):
        float(n), "requests counted")
 
 
+# ---- requests one at a time skip the batch window -------------------------------------
+
+# A window longer than the client's timeout: a request held for it fails.
+config("adaptive", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                    "--max-batch-wait-us", daemon_time(2000000), "--max-batch-size", "64"])
+
+
+@test(daemon="adaptive")
+def lone_requests_skip_the_window(d):
+    n = 4
+    texts = [review(i) for i in range(n)]
+    wants = oracle_many([(t, None) for t in texts])
+    for i, t in enumerate(texts):
+        expect(d.post("/predict" + q(t), timeout=1.5 * SLOW), 200, wants[i])
+    m = d.metrics()
+    waits = 'predictd_queue_duration_seconds_bucket{model="tiny",le="1"}'
+    eq(metric(m, waits), float(n), "requests that waited under a second for their batch")
+    eq(metric(m, 'predictd_batch_size_count{model="tiny"}'), float(n), "batches of one")
+
+
 # ---- 64 concurrent clients ------------------------------------------------------------
 
 config("batching", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
-                    "--max-batch-wait-us", "20000",
+                    "--max-batch-wait-us", "20000", "--adaptive-batch-wait", "false",
                     "--max-batch-size", "64"])
 
 ADJ = ["good", "bad", "dull", "great", "slow", "funny", "sad", "odd"]
@@ -129,7 +150,7 @@ def concurrent_64_clients(d):
 # ---- a client leaves while queued ---------------------------------------------------------
 
 config("slow_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
-                      "--max-batch-wait-us", daemon_time(1500000),
+                      "--max-batch-wait-us", daemon_time(1500000), "--adaptive-batch-wait", "false",
                       "--max-batch-size", "64"])
 
 
@@ -154,7 +175,7 @@ def disconnect_while_queued(d):
 # ---- a full queue --------------------------------------------------------------------------
 
 config("queue_of_one", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
-                        "--max-batch-wait-us", daemon_time(1000000),
+                        "--max-batch-wait-us", daemon_time(1000000), "--adaptive-batch-wait", "false",
                         "--max-batch-size", "64", "--max-queue", "1"])
 
 
@@ -186,7 +207,7 @@ def sigterm_drains_in_flight():
     # The batch waits long enough for all 32 to queue before it leaves, even
     # under ASan, and for SIGTERM to find them there.
     d = Daemon(["--model", "tiny=" + TINY, "--inline-max-us", "0",
-                "--max-batch-wait-us", daemon_time(600000),
+                "--max-batch-wait-us", daemon_time(600000), "--adaptive-batch-wait", "false",
                 "--max-batch-size", "64", "--shutdown-timeout", daemon_time(10)],
                label="sigterm").start()
     wants = oracle_many([(review(i), None) for i in range(n)])
@@ -239,7 +260,7 @@ def sigterm_drains_in_flight():
 # ---- a client leaves while its batch runs ---------------------------------------------------
 
 config("long_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
-                      "--max-batch-wait-us", daemon_time(300000),
+                      "--max-batch-wait-us", daemon_time(300000), "--adaptive-batch-wait", "false",
                       "--max-batch-size", "64", "--max-batch-tokens", "65536"])
 
 LONG = " ".join(ADJ[i % 8] for i in range(600))

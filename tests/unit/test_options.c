@@ -475,8 +475,8 @@ TEST(options_help)
 {
     static const char *const names[] = {
         "model", "dtype", "threads", "host", "port", "config", "max-batch-size",
-        "max-batch-tokens", "max-batch-wait-us", "max-queue", "max-client-batch-size",
-        "max-input-tokens", "max-batch-total-tokens", "max-new-tokens-limit", "max-body-bytes",
+        "max-batch-tokens", "max-batch-wait-us", "adaptive-batch-wait", "max-queue",
+        "max-client-batch-size", "max-input-tokens", "max-batch-total-tokens", "max-new-tokens-limit", "max-body-bytes",
         "max-header-bytes", "max-connections", "timeout", "shutdown-timeout", "max-image-bytes",
         "max-image-pixels", "log-format", "log-level", "access-log", "api-key", "api-key-file",
         "protect-ops"};
