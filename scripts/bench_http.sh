@@ -6,7 +6,8 @@
 #   PARTS="clip" scripts/bench_http.sh build 5     (only some parts)
 #
 # PARTS (default "distilbert clip fastapi"): DistilBERT text classification
-# under predictd, then the tiny fixture (front-end bound, computed inline and
+# under predictd (batching as configured by default, off, and with a fixed
+# batch window), then the tiny fixture (front-end bound, computed inline and
 # queued; and GET /health, the front end alone) next to libmicrohttpd alone
 # answering a constant (its ceiling); CLIP zero-shot classification of a 640x480 JPEG (base64 in a
 # JSON body, four candidate labels) at 8 connections; the FastAPI peer.
@@ -70,6 +71,11 @@ if wants distilbert; then
     stop
     serve_predictd "$MODELS/distilbert-sst2" --max-batch-size 1
     for c in 1 8 64; do run_wrk predictd-nobatch "$c"; done
+    stop
+    # Every batch waits its window, even a lone request's (the default skips
+    # it while requests come one at a time).
+    serve_predictd "$MODELS/distilbert-sst2" --adaptive-batch-wait false
+    for c in 1 64; do run_wrk predictd-fixed-wait "$c"; done
     stop
     serve_predictd tests/fixtures/distilbert-sst2-tiny
     run_wrk predictd-tiny 64
