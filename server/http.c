@@ -24,7 +24,7 @@ struct srv_http {
     int closing;      /* handles whose close callback has not run yet */
     int open;         /* connections MHD holds now */
     unsigned closed;  /* connections closed so far */
-    bool running;     /* inside run_mhd: resumes are picked up by its loop */
+    bool running;     /* inside run_mhd: resumes are picked up by this run */
 };
 
 typedef enum conn_state {
@@ -126,6 +126,11 @@ static void unwatch(srv_conn *c)
     }
 }
 
+/* MHD picks a resumed connection up on its next run. Outside a run that run
+ * is scheduled on the loop, never made here: a run may complete and free any
+ * connection, the caller's included, under a caller that still holds it (a
+ * stream write followed by its end). One run also serves a whole batch of
+ * resumes. */
 static void resume(srv_conn *c)
 {
     unwatch(c);
@@ -134,7 +139,7 @@ static void resume(srv_conn *c)
         MHD_resume_connection(c->mhd);
     }
     if (!c->http->running)
-        run_mhd(c->http);
+        uv_timer_start(&c->http->timer, on_timer, 0, 0);
 }
 
 /* The client closed (or reset) its socket while we held the request. */
