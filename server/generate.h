@@ -94,6 +94,9 @@ int srv_gen_parse(const model *m, srv_gen_form form, const srv_request *in, srv_
                   srv_reply *err);
 void srv_gen_job_free(srv_gen_job *job);
 
+/* Sequences the job runs side by side: its prompts, times num_beams. */
+size_t srv_gen_job_seqs(const srv_gen_job *job);
+
 /* KV-cache tokens the job needs while running. */
 size_t srv_gen_job_kv_tokens(const srv_gen_job *job);
 

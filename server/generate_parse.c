@@ -1,6 +1,7 @@
 /* Parsing generation requests: the pipeline's, text-generation-inference's
  * and OpenAI's forms, each with its own defaults, into one srv_gen_job. */
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,8 +114,13 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
         g->early_stopping = GEN_EARLY_NEVER;
     else if (early && !json_is_null(early))
         return bad(err, "early_stopping", "bool_type", "Input should be true, false or \"never\"", early);
-    /* Bounds that keep the ints meaningful; gen_params_check judges the rest. */
-    if (max_new < -1 || max_new > 1000000)
+    /* Bounds that keep the ints meaningful; gen_params_check judges the rest.
+     * A max_new_tokens given must be positive, as in TGI (-1 is only our
+     * internal "not given"). */
+    json_t *given_max = json_object_get(p, "max_new_tokens");
+    if (given_max && !json_is_null(given_max) && max_new < 1)
+        return bad(err, "max_new_tokens", "greater_than", "Input should be greater than 0", given_max);
+    if (max_new > 1000000)
         return bad(err, "max_new_tokens", "value_error", "Value out of range", NULL);
     if (top_k < 0 || top_k > 1000000000)
         return bad(err, "top_k", "value_error", "Value out of range", NULL);
@@ -320,6 +326,12 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
                          limit_new, q->params.max_new_tokens);
         return -1;
     }
+    int limit_prompt = in->limits && in->limits->max_batch_tokens ? in->limits->max_batch_tokens : INT_MAX;
+    if (q->n_prompt > limit_prompt) { /* a prompt is prefilled in one step */
+        srv_reply_detail(err, 422, "Input validation error: `inputs` must have at most %d tokens "
+                         "(the server's --max-batch-tokens). Given: %d", limit_prompt, q->n_prompt);
+        return -1;
+    }
     if (q->n_prompt + q->params.max_new_tokens > m->max_positions) {
         srv_reply_detail(err, 422, "Input validation error: `inputs` tokens + `max_new_tokens` must "
                          "be <= %d. Given: %d `inputs` tokens and %d `max_new_tokens`",
@@ -342,6 +354,14 @@ static int check_combination(const srv_request *in, const srv_gen_job *job, cons
     }
     if (job->stream && (g->num_beams > 1 || job->n != 1)) {
         srv_reply_detail(err, 422, "Input validation error: streaming takes one prompt and no beam search");
+        return -1;
+    }
+    size_t seqs = srv_gen_job_seqs(job);
+    size_t step = in->limits && in->limits->max_batch_seqs ? (size_t)in->limits->max_batch_seqs : SIZE_MAX;
+    if (seqs > step) { /* it could never be admitted, and would block the queue */
+        srv_reply_detail(err, 422, "Input validation error: the request needs %zu sequences "
+                         "(inputs times num_beams), more than the server's --max-batch-size %zu",
+                         seqs, step);
         return -1;
     }
     size_t budget = in->limits ? (size_t)in->limits->max_batch_total_tokens : 0;
@@ -392,6 +412,14 @@ int srv_gen_parse(const model *m, srv_gen_form form, const srv_request *in, srv_
     if (!rc)
         rc = check_combination(in, job, job->n ? &job->seqs[0].params : &g, err);
     return rc ? -1 : 0;
+}
+
+size_t srv_gen_job_seqs(const srv_gen_job *job)
+{
+    size_t seqs = 0;
+    for (size_t i = 0; i < job->n; i++)
+        seqs += job->seqs[i].params.num_beams > 1 ? (size_t)job->seqs[i].params.num_beams : 1;
+    return seqs;
 }
 
 size_t srv_gen_job_kv_tokens(const srv_gen_job *job)

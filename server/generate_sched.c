@@ -15,6 +15,7 @@ typedef struct running {
     srv_gen_job *job;
     void *owner;
     long kv_tokens;
+    int seqs; /* prompts times beams, as counted in run_seqs */
 } running;
 
 /* One row of a step: a sequence's beam and the tokens it is fed. */
@@ -158,23 +159,29 @@ static int seq_setup(const srv_gen_sched *s, srv_gen_seq *q)
 bool srv_gen_sched_admit(srv_gen_sched *s, srv_gen_job *job, void *owner)
 {
     long need = (long)srv_gen_job_kv_tokens(job);
-    int seqs = 0;
+    int seqs = (int)srv_gen_job_seqs(job);
+    /* Request parsing refuses what could never run; should such a job get
+     * here, it ends with an error rather than wait forever at the head of
+     * the queue or overrun the step buffers. */
+    bool never_fits = need > s->cfg.max_batch_total_tokens || seqs > s->cfg.max_batch_size;
     for (size_t i = 0; i < job->n; i++)
-        seqs += job->seqs[i].params.num_beams > 1 ? job->seqs[i].params.num_beams : 1;
-    if (s->kv_used + need > s->cfg.max_batch_total_tokens ||
-        s->run_seqs + seqs > s->cfg.max_batch_size || s->n_run == s->cfg.max_batch_size)
+        never_fits |= job->seqs[i].n_prompt > s->cfg.max_batch_tokens;
+    if (s->n_run == s->cfg.max_batch_size ||
+        (!never_fits && (s->kv_used + need > s->cfg.max_batch_total_tokens ||
+                         s->run_seqs + seqs > s->cfg.max_batch_size)))
         return false;
-    int rc = 0;
+    int rc = never_fits;
     for (size_t i = 0; i < job->n && !rc; i++)
         rc = seq_setup(s, &job->seqs[i]);
-    if (rc) { /* out of memory: the job ends at once with an error */
+    if (rc) { /* out of memory, or never_fits: the job ends at once with an error */
         for (size_t i = 0; i < job->n; i++) {
             seq_release(&job->seqs[i]);
             job->seqs[i].finish = SRV_FINISH_ERROR;
         }
         need = 0;
+        seqs = 0;
     }
-    s->run[s->n_run++] = (running){.job = job, .owner = owner, .kv_tokens = need};
+    s->run[s->n_run++] = (running){.job = job, .owner = owner, .kv_tokens = need, .seqs = seqs};
     s->kv_used += need;
     s->run_seqs += seqs;
     return true;
@@ -372,10 +379,10 @@ static void release_job(srv_gen_sched *s, int i)
     running *r = &s->run[i];
     for (size_t k = 0; k < r->job->n; k++) {
         srv_gen_seq *q = &r->job->seqs[k];
-        s->run_seqs -= q->n_beams > 0 ? q->n_beams : 1;
         seq_release(q);
     }
     s->kv_used -= r->kv_tokens;
+    s->run_seqs -= r->seqs;
     s->run[i] = s->run[--s->n_run];
 }
 

@@ -13,6 +13,8 @@ typedef struct srv_limits {
     int max_input_tokens;    /* 0: the model's own maximum */
     int max_new_tokens;      /* generation: the most a request may ask for */
     long max_batch_total_tokens; /* generation: KV-cache tokens a model holds */
+    int max_batch_seqs;      /* generation: sequences (beams count) in one step */
+    int max_batch_tokens;    /* generation: tokens in one step, so the longest prompt */
     size_t max_image_bytes;  /* an encoded image */
     size_t max_image_pixels; /* a decoded image (decompression bombs) */
 } srv_limits;

@@ -306,6 +306,8 @@ static int start(srv_server *s, eng_err *err)
                              .max_input_tokens = s->opts->max_input_tokens,
                              .max_new_tokens = s->opts->max_new_tokens_limit,
                              .max_batch_total_tokens = s->opts->max_batch_total_tokens,
+                             .max_batch_seqs = s->opts->max_batch_size,
+                             .max_batch_tokens = s->opts->max_batch_tokens,
                              .max_image_bytes = s->opts->max_image_bytes,
                              .max_image_pixels = s->opts->max_image_pixels};
     int rc = srv_auth_init(&s->auth, s->opts, err);

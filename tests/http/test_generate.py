@@ -6,6 +6,7 @@ validation."""
 import json
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -16,6 +17,8 @@ GPT2 = os.path.join(REPO, "tests", "fixtures", "gpt2-tiny")
 GOLDEN = load_json(os.path.join(REPO, "tests", "fixtures", "golden", "gpt2.json"))
 
 config("gpt2", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "60000"])
+# The access log slows the loop thread, which widens the races a test aims at.
+config("gpt2_logged", ["--model", "gpt2=" + GPT2, "--access-log", "true"])
 
 
 def post_json(d, path, obj, **kw):
@@ -148,11 +151,49 @@ def generate_cancelled_stream_frees_its_cache(d):
              lambda: (metric(d.metrics(), 'predictd_cancelled_requests_total{model="gpt2"}') or 0) >= 1, 5)
 
 
+def reset_streams(port, count, seen):
+    """Opens short streams and resets each 0-7 ms after sending it: some
+    before their job is queued, some mid-stream, some as their last event
+    is written."""
+    body = json.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 2}}).encode()
+    req = (b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+           % (len(body), body))
+    for i in range(count):
+        s = connect(port)
+        s.sendall(req)
+        time.sleep(0.001 * (i % 8))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        seen[0] += 1
+
+
+@test(daemon="gpt2_logged")
+def generate_streams_reset_by_clients(d):
+    # A stream whose client vanished as its last tokens were written once
+    # freed the connection under the code ending the stream (ASan: use after
+    # free). The daemon must come through alive with every sequence freed.
+    seen = [0]
+    threads = [threading.Thread(target=reset_streams, args=(d.port, 1000, seen)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120 * SLOW)
+    eq(seen[0], 8 * 1000, "connections made")
+    check(d.alive(), "the daemon survives")
+    wait_for("every sequence freed",
+             lambda: metric(d.metrics(), 'predictd_kv_cache_tokens{model="gpt2"}') == 0, 10)
+    r = post_json(d, "/generate_stream", {"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+    eq(r.status, 200, "a stream after the resets")
+    eq(len(events(r.body)), 2, "its events")
+
+
 @test(daemon="gpt2")
 def generate_rejects_bad_parameters(d):
     cases = [({"top_p": 1.5, "do_sample": True}, "top_p"),
              ({"temperature": 0, "do_sample": True}, "temperature"),
              ({"max_new_tokens": -3}, "max_new_tokens"),
+             ({"max_new_tokens": 0}, "max_new_tokens"),
+             ({"max_new_tokens": -1}, "max_new_tokens"),
              ({"num_beams": 3, "do_sample": True}, "num_beams"),
              ({"max_new_tokens": 1030}, "max_new_tokens"),
              ({"max_new_tokens": 1023}, "max_new_tokens"),
@@ -175,3 +216,32 @@ def generate_kv_budget_bounds_requests(d):
     check("max-batch-total-tokens" in r.body.decode(), "the error names the option: %r" % r.body)
     r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 20}})
     eq(r.status, 200, "a request within the budget")
+
+
+config("gpt2_small_steps", ["--model", "gpt2=" + GPT2, "--max-batch-size", "4",
+                            "--max-batch-tokens", "8"])
+
+
+@test(daemon="gpt2_small_steps")
+def generate_step_limits_bound_requests(d):
+    # A request the step can never hold once waited at the head of the queue
+    # forever, blocking every generation behind it; a prompt longer than a
+    # step overran the step buffers.
+    cases = [("/generate", {"inputs": "one two three four five six seven eight nine ten",
+                            "parameters": {"max_new_tokens": 2}}, "--max-batch-tokens"),
+             ("/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2, "num_beams": 5}},
+              "--max-batch-size"),
+             ("/predict", {"inputs": ["a", "b", "c", "d", "e"], "parameters": {"max_new_tokens": 2}},
+              "--max-batch-size"),
+             ("/predict", {"inputs": ["a", "b", "c"],
+                           "parameters": {"max_new_tokens": 2, "num_beams": 2, "do_sample": False}},
+              "--max-batch-size")]
+    for path, body, option in cases:
+        r = post_json(d, path, body)
+        eq(r.status, 422, "status for %r" % body)
+        check(option in r.body.decode(), "the error names %s: %r" % (option, r.body))
+    r = post_json(d, "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2, "num_beams": 4}})
+    eq(r.status, 200, "a beam search that fits the step")
+    r = post_json(d, "/predict", {"inputs": ["a", "b", "c", "d"], "parameters": {"max_new_tokens": 2}})
+    eq(r.status, 200, "four prompts in a four-row step")
+    eq(len(r.json()), 4, "four answers")
