@@ -30,6 +30,15 @@ void srv_job_free(srv_job *job)
     free(job);
 }
 
+/* Sets the queue-size gauge; called with the lock held, so that the gauge's
+ * writes come in the order of the changes (written after unlocking, a
+ * submitter's stale count could land after the worker's newer one and leave
+ * an idle queue showing 1). */
+static void publish_queue_size(srv_worker *w)
+{
+    srv_metrics_queue_size(w->hooks.metrics, w->name, w->n_waiting);
+}
+
 int srv_worker_submit(srv_worker *w, srv_job *job)
 {
     pthread_mutex_lock(&w->lock);
@@ -45,10 +54,10 @@ int srv_worker_submit(srv_worker *w, srv_job *job)
     else
         w->head = job;
     w->tail = job;
-    int waiting = ++w->n_waiting;
+    w->n_waiting++;
+    publish_queue_size(w);
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
-    srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
     return 0;
 }
 
@@ -111,11 +120,10 @@ static srv_job *take_batch(srv_worker *w)
             live++;
         }
     }
-    int waiting = w->n_waiting;
     w->busy = taken != NULL;
     w->last_batch_jobs = live;
+    publish_queue_size(w);
     pthread_mutex_unlock(&w->lock);
-    srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
     return taken;
 }
 
@@ -284,9 +292,8 @@ static bool admit(srv_worker *w, srv_gen_sched *sched)
         pthread_cond_wait(&w->wake, &w->lock);
     }
     bool more = srv_gen_sched_running(sched) > 0;
-    int waiting = w->n_waiting;
+    publish_queue_size(w);
     pthread_mutex_unlock(&w->lock);
-    srv_metrics_queue_size(w->hooks.metrics, w->name, waiting);
     return more;
 }
 

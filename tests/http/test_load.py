@@ -3,11 +3,13 @@ request is queued, a full queue (429), and SIGTERM with requests in flight."""
 
 import http.client
 import json
+import socket
 import threading
 import time
 
 from harness import (HOST, SLOW, TINY, Daemon, check, config, connect, daemon_time, eq, expect,
-                     fail, metric, oracle, oracle_many, q, request, same_prediction, test, wait_for)
+                     fail, metric, oracle, oracle_many, q, recv_all, request, same_prediction, test,
+                     wait_for)
 
 
 def parallel(fn, n, timeout=30):
@@ -145,6 +147,9 @@ def concurrent_64_clients(d):
           % (total, count))
     eq(metric(m, 'predictd_requests_total{model="tiny",endpoint="/predict",status="200"}'),
        float(n), "requests counted")
+    # Every answer is in, so the queue is empty: the gauge's writes once
+    # raced, and an idle queue could show 1.
+    eq(metric(m, 'predictd_queue_size{model="tiny"}'), 0.0, "queue size after the load")
 
 
 # ---- a client leaves while queued ---------------------------------------------------------
@@ -170,6 +175,21 @@ def disconnect_while_queued(d):
        "the abandoned request counted as 499")
     eq(metric(m, 'predictd_batch_size_sum{model="tiny"}'), 1.0,
        "only the live request was computed")
+
+
+@test(daemon="slow_batch")
+def half_close_while_queued(d):
+    # A client that shuts its sending side while queued counts as gone, as
+    # in nginx; it reads the connection's end, never a 499 (a log status).
+    s = connect(d.port)
+    s.sendall(b"POST /predict?text=half%20closed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Length: 0\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    got, how = recv_all(s, time.monotonic() + 10 * SLOW)
+    s.close()
+    eq((got, how), (b"", "eof"), "what the half-closed client reads")
+    status = 'predictd_requests_total{model="tiny",endpoint="/predict",status="499"}'
+    wait_for(status + " = 1", lambda: metric(d.metrics(), status) == 1, 5)
 
 
 # ---- a full queue --------------------------------------------------------------------------
