@@ -384,6 +384,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
         }
         return queue_reply(c);
     case CONN_READY:
+        if (c->abandoned) {
+            /* 499 is for the log and metrics (nginx's "client closed
+             * request"), never for the wire: a client that only shut its
+             * sending side would read it. Like nginx, that counts as gone. */
+            c->status = c->reply.status;
+            return MHD_NO;
+        }
         return queue_reply(c);
     case CONN_STREAMING:
         if (!c->status)
@@ -499,7 +506,9 @@ int srv_http_start(srv_http **out, uv_loop_t *loop, const srv_http_cfg *cfg,
     /* MHD keeps the request line and headers in a per-connection pool, sized
      * above the header limit (which on_request checks, answering 431); MHD
      * answers past the pool by itself. Its connection limit is one above ours
-     * and never reached: on_accept enforces ours. */
+     * and never reached: on_accept enforces ours. The listening socket gets
+     * MHD's default SO_REUSEADDR (a restart binds at once), never
+     * SO_REUSEPORT: a second daemon on the port must fail, not share it. */
     h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, on_accept, h, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first, or MHD logs the others itself */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -508,7 +517,6 @@ int srv_http_start(srv_http **out, uv_loop_t *loop, const srv_http_cfg *cfg,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header_bytes + 16384,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         MHD_OPTION_END);
     if (!h->mhd) {
         free(h);

@@ -3,9 +3,10 @@ loading, /openapi.json and /docs."""
 
 import json
 import re
+import subprocess
 import time
 
-from harness import (DEMO, SLOW, TINY, Daemon, check, config, eq, expect, fail, metric, request,
+from harness import (BINARY, DEMO, HOST, REPO, SLOW, TINY, Daemon, check, config, eq, expect, fail, metric, request,
                      test, wait_for)
 
 # ---- the access log ---------------------------------------------------------------------
@@ -226,3 +227,15 @@ def docs_page(d):
     r = request(d.port, "HEAD", "/docs")
     expect(r, 200, b"", content_type="text/html; charset=utf-8")
 
+
+
+@test()
+def second_daemon_on_a_port_fails(d):
+    # A second daemon started on a port in use must fail at start-up, not
+    # share the port (SO_REUSEPORT) and silently take half the traffic.
+    p = subprocess.run([BINARY, "--model", "tiny=" + TINY, "--host", HOST, "--port", str(d.port)],
+                       cwd=REPO, capture_output=True, timeout=30 * SLOW)
+    check(p.returncode != 0, "the second daemon exited with an error")
+    check(b"cannot listen" in p.stderr and b"in use" in p.stderr,
+          "the error says why: %r" % p.stderr[-300:])
+    expect(d.get("/health"), 200, '{"status":"ok"}')
