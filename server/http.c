@@ -6,17 +6,27 @@
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "server/log.h"
 
+/* The clock of one TCP connection against --request-timeout. */
+typedef struct conn_clock {
+    struct conn_clock *prev, *next;
+    MHD_socket fd;
+    double since; /* when the request being received began; 0 while one is answered */
+} conn_clock;
+
 struct srv_http {
     struct MHD_Daemon *mhd;
     uv_loop_t *loop;
     uv_poll_t poll;   /* MHD's epoll descriptor */
     uv_timer_t timer; /* MHD's timeouts */
+    uv_timer_t sweep; /* --request-timeout */
+    conn_clock *clocks;
     srv_http_cfg cfg;
     srv_http_hooks hooks;
     int port;
@@ -108,6 +118,72 @@ static void on_poll(uv_poll_t *p, int status, int events)
     (void)status;
     (void)events;
     run_mhd(p->data);
+}
+
+/* ---- the request clock ------------------------------------------------------
+ *
+ * MHD's timeout counts only idle time, so a client sending a byte a second
+ * keeps its connection (and a slot) for as long as it likes. Each connection
+ * instead gets --request-timeout to deliver a whole request, counted from its
+ * opening or the end of its previous exchange; a sweep each second shuts the
+ * socket of one past it, and MHD ends the connection on the shutdown. */
+
+static conn_clock *clock_of(struct MHD_Connection *mhd)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(mhd, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
+static void clock_set(struct MHD_Connection *mhd, double since)
+{
+    conn_clock *k = clock_of(mhd);
+    if (k)
+        k->since = since;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    srv_http *h = t->data;
+    double now = mono_now();
+    for (conn_clock *k = h->clocks; k; k = k->next)
+        if (k->since > 0 && now - k->since > h->cfg.request_timeout_s) {
+            srv_log(SRV_LOG_DEBUG, "http: a request took over %d s to arrive, closing",
+                    h->cfg.request_timeout_s);
+            shutdown(k->fd, SHUT_RDWR);
+            k->since = 0;
+        }
+}
+
+static void clock_start(srv_http *h, struct MHD_Connection *mhd, void **socket_ctx)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(mhd, MHD_CONNECTION_INFO_CONNECTION_FD);
+    conn_clock *k = info ? calloc(1, sizeof *k) : NULL;
+    if (!k)
+        return; /* this connection goes unclocked */
+    k->fd = info->connect_fd;
+    k->since = mono_now();
+    k->next = h->clocks;
+    if (h->clocks)
+        h->clocks->prev = k;
+    h->clocks = k;
+    *socket_ctx = k;
+}
+
+static void clock_stop(srv_http *h, void **socket_ctx)
+{
+    conn_clock *k = *socket_ctx;
+    if (!k)
+        return;
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        h->clocks = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    free(k);
+    *socket_ctx = NULL;
 }
 
 /* ---- connection bookkeeping -------------------------------------------- */
@@ -254,6 +330,8 @@ static enum MHD_Result queue_reply(srv_conn *c)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (r->challenge)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->challenge);
+    if (r->close)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     c->status = r->status;
     c->sent = len;
     c->state = CONN_ANSWERED;
@@ -338,6 +416,51 @@ static size_t header_size(srv_conn *c)
     return n;
 }
 
+typedef struct framing {
+    int content_length, transfer_encoding; /* how many of each header */
+    bool chunked;                          /* the one Transfer-Encoding is "chunked" */
+    bool bad_name;                         /* a header name with white space in it */
+} framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    framing *f = cls;
+    if (strcspn(key, " \t") < key_size)
+        f->bad_name = true;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        f->content_length++;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+        f->chunked = value_size == 7 && strncasecmp(value, "chunked", 7) == 0;
+    }
+    return MHD_YES;
+}
+
+/* Refuses the framings that parsers disagree on (the stuff of request
+ * smuggling) and the codings MHD does not decode, which it would otherwise
+ * read as a body lasting until the client closes. The connection is closed
+ * after: where this request ends is not known. */
+static const char *bad_framing(srv_conn *c, int *status)
+{
+    framing f = {0};
+    MHD_get_connection_values_n(c->mhd, MHD_HEADER_KIND, count_framing, &f);
+    *status = 400;
+    if (f.bad_name)
+        return "a header name contains white space";
+    if (f.content_length > 1)
+        return "Content-Length is given more than once";
+    if (f.transfer_encoding > 1)
+        return "Transfer-Encoding is given more than once";
+    if (f.transfer_encoding && f.content_length)
+        return "both Content-Length and Transfer-Encoding are given";
+    *status = 501;
+    if (f.transfer_encoding && !f.chunked)
+        return "only the chunked Transfer-Encoding is supported";
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **req_cls)
@@ -352,6 +475,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
         if (header_size(c) > h->cfg.max_header_bytes)
             return refuse(c, 431, "request line and headers are larger than the limit of %zu bytes",
                           h->cfg.max_header_bytes);
+        int status;
+        const char *why = bad_framing(c, &status);
+        if (why) {
+            srv_reply_detail(&c->reply, status, "%s", why);
+            c->reply.close = true;
+            return queue_reply(c);
+        }
         const char *cl = MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes)
             return refuse(c, 413, "request body is larger than the limit of %zu bytes",
@@ -373,6 +503,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
                 return refuse_body(c, 503, "out of memory for a body of %zu bytes", c->body.len);
             return MHD_YES;
         }
+        clock_set(mhd, 0); /* received: the clock rests while it is answered */
         h->hooks.dispatch(h->hooks.ud, c);
         return MHD_YES;
     case CONN_DISCARDING:
@@ -407,7 +538,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
 static void on_completed(void *cls, struct MHD_Connection *mhd, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)mhd;
     srv_http *h = cls;
     srv_conn *c = *req_cls;
     if (!c)
@@ -423,20 +553,22 @@ static void on_completed(void *cls, struct MHD_Connection *mhd, void **req_cls,
     h->hooks.completed(h->hooks.ud, c);
     conn_free(c);
     *req_cls = NULL;
+    clock_set(mhd, mono_now()); /* a kept-alive connection's next request */
 }
 
-/* Counts open connections, for the accept policy below. */
+/* Counts open connections, for the accept policy below, and clocks them. */
 static void on_connection(void *cls, struct MHD_Connection *mhd, void **socket_ctx,
                           enum MHD_ConnectionNotificationCode toe)
 {
-    (void)mhd;
-    (void)socket_ctx;
     srv_http *h = cls;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         h->open++;
+        if (h->cfg.request_timeout_s > 0)
+            clock_start(h, mhd, socket_ctx);
     } else {
         h->open--;
         h->closed++;
+        clock_stop(h, socket_ctx);
     }
 }
 
@@ -530,6 +662,12 @@ int srv_http_start(srv_http **out, uv_loop_t *loop, const srv_http_cfg *cfg,
     uv_poll_start(&h->poll, UV_READABLE, on_poll);
     uv_timer_init(loop, &h->timer);
     h->timer.data = h;
+    uv_timer_init(loop, &h->sweep);
+    h->sweep.data = h;
+    if (cfg->request_timeout_s > 0) {
+        uv_timer_start(&h->sweep, on_sweep, 1000, 1000);
+        uv_unref((uv_handle_t *)&h->sweep); /* never what keeps the loop running */
+    }
     *out = h;
     return 0;
 }
@@ -542,7 +680,7 @@ void srv_http_quiesce(srv_http *h)
     run_mhd(h);
 }
 
-/* Both handles live inside the object: it is freed when the last of their
+/* The handles live inside the object: it is freed when the last of their
  * close callbacks has run (libuv runs them in no order we may rely on). */
 static void handle_closed(uv_handle_t *handle)
 {
@@ -556,9 +694,10 @@ void srv_http_stop(srv_http *h)
     uv_poll_stop(&h->poll);
     MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
-    h->closing = 2;
+    h->closing = 3;
     uv_close((uv_handle_t *)&h->poll, handle_closed);
     uv_close((uv_handle_t *)&h->timer, handle_closed);
+    uv_close((uv_handle_t *)&h->sweep, handle_closed);
 }
 
 int srv_http_port(const srv_http *h)

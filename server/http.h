@@ -29,6 +29,7 @@ typedef struct srv_http_cfg {
     int port;
     int max_connections;
     int timeout_s;           /* idle/slow connection timeout */
+    int request_timeout_s;   /* to receive one whole request; 0: no limit */
     size_t max_header_bytes; /* request line + headers */
     size_t max_body_bytes;
 } srv_http_cfg;

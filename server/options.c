@@ -112,7 +112,9 @@ static const opt_def opt_table[] = {
     {.name = "max-connections", AS_INT(max_connections), .def = "1024", .min = 1, .max = 1000000,
      .help = "Most connections open at once."},
     {.name = "timeout", AS_INT(timeout), .arg = "SECONDS", .def = "30", .min = 1, .max = 86400,
-     .help = "Close a connection that stays idle or slow this long."},
+     .help = "Close a connection that stays idle this long."},
+    {.name = "request-timeout", AS_INT(request_timeout), .arg = "SECONDS", .def = "60", .min = 0,
+     .max = 86400, .help = "Close a connection slower than this to send a request (0: never)."},
     {.name = "shutdown-timeout", AS_INT(shutdown_timeout), .arg = "SECONDS", .def = "30",
      .min = 0, .max = 86400, .help = "On SIGTERM, time left to requests in flight before exit."},
 

@@ -56,6 +56,7 @@ typedef struct srv_options {
     size_t max_header_bytes;
     int max_connections;
     int timeout;            /* seconds a connection may stay idle or slow */
+    int request_timeout;    /* seconds to receive one request, however steadily; 0: no limit */
     int shutdown_timeout;   /* seconds to finish in-flight requests on SIGTERM */
 
     /* Images. */

@@ -4,6 +4,8 @@
 #ifndef SRV_REPLY_H
 #define SRV_REPLY_H
 
+#include <stdbool.h>
+
 #include "server/buf.h"
 
 typedef struct srv_reply {
@@ -11,6 +13,7 @@ typedef struct srv_reply {
     const char *content_type; /* static string */
     char allow[64];           /* the Allow header of a 405, or empty */
     const char *challenge;    /* the WWW-Authenticate header of a 401, or NULL */
+    bool close;               /* end the connection after this answer */
     srv_buf body;
 } srv_reply;
 

@@ -318,6 +318,7 @@ static int start(srv_server *s, eng_err *err)
         return eng_err_set(err, rc, "out of memory");
     srv_http_cfg hc = {.host = s->opts->host, .port = s->opts->port,
                        .max_connections = s->opts->max_connections, .timeout_s = s->opts->timeout,
+                       .request_timeout_s = s->opts->request_timeout,
                        .max_header_bytes = s->opts->max_header_bytes,
                        .max_body_bytes = s->opts->max_body_bytes};
     srv_http_hooks hooks = {.dispatch = srv_handle_request, .completed = srv_request_completed,

@@ -1,9 +1,11 @@
-"""Connections: slow and idle clients timed out while others are served, and
---max-connections."""
+"""Connections: slow and idle clients timed out while others are served,
+--max-connections, and request framings that must be refused."""
 
 import http.client
+import json
 import os
 import resource
+import socket
 import threading
 import time
 
@@ -71,6 +73,46 @@ def slow_clients_timed_out(d):
     for status, body, took in served:
         eq((status, body), (200, want), "answer to another client")
         check(took < 1.5 * SLOW, "another client waited %.2fs" % took)
+
+
+# Idle time alone would never close a client that sends a byte every 0.2 s.
+config("request_timeout_2s", ["--model", "tiny=" + TINY, "--timeout", "30",
+                              "--request-timeout", "2"])
+
+
+def drip(port, data, interval):
+    """Sends data a byte at a time; returns (the answer, how it ended) as
+    recv_all does, "closed" if the server ended it mid-request."""
+    s = connect(port)
+    try:
+        for i in range(len(data)):
+            s.sendall(data[i:i + 1])
+            time.sleep(interval)
+            s.setblocking(False)
+            try:
+                if s.recv(1, socket.MSG_PEEK) == b"":
+                    return b"", "closed"
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+        return recv_all(s, time.monotonic() + 10 * SLOW)
+    except (ConnectionResetError, BrokenPipeError):
+        return b"", "closed"
+    finally:
+        s.close()
+
+
+@test(daemon="request_timeout_2s")
+def slowloris_closed_by_request_timeout(d):
+    request_line = b"POST /predict?text=hello HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    # 60 s of header at 0.2 s a byte: cut at --request-timeout.
+    got, how = drip(d.port, request_line + b"X-Pad: " + b"a" * 300, 0.2)
+    eq((got, how), (b"", "closed"), "a request dripped past --request-timeout")
+    # A slow request delivered within the limit is answered.
+    got, how = drip(d.port, request_line + b"Connection: close\r\n\r\n", 0.01)
+    check(got.startswith(b"HTTP/1.1 200 ") and got.endswith(oracle(text="hello")[0]),
+          "a slow request within the limit is answered: %r" % got[-120:])
 
 
 config("max_conn_8", ["--model", "tiny=" + TINY, "--max-connections", "8"])
@@ -164,3 +206,45 @@ def descriptor_limit_recovers():
             return False
     wait_for("a request to succeed once the connections closed", works, 5)
     d.stop()
+
+
+# ---- framings that parsers disagree on -----------------------------------------------------
+
+BODY = b'{"text":"hello"}'
+AMBIGUOUS = [
+    (b"Transfer-Encoding: gzip, chunked\r\n\r\n10\r\n" + BODY + b"\r\n0\r\n\r\n", 501,
+     "only the chunked Transfer-Encoding is supported"),
+    (b"Transfer-Encoding: bogus\r\n\r\n" + BODY, 501,
+     "only the chunked Transfer-Encoding is supported"),
+    (b"Content-Length : 16\r\n\r\n" + BODY, 400, "a header name contains white space"),
+    (b"Content-Length: 16\r\nContent-Length: 5\r\n\r\n" + BODY, 400,
+     "Content-Length is given more than once"),
+    (b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n" + BODY + b"\r\n0\r\n\r\n",
+     400, "both Content-Length and Transfer-Encoding are given"),
+]
+
+
+@test()
+def ambiguous_framing_refused(d):
+    # Each once hung the connection until the timeout, or let the body be
+    # read as a second request (request smuggling). Now: an answer, then the
+    # connection closes, since where the request ends is not known.
+    for headers, status, detail in AMBIGUOUS:
+        s = connect(d.port)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers)
+        got, how = recv_all(s, time.monotonic() + 10 * SLOW)
+        s.close()
+        what = repr(headers[:40])
+        eq(how, "eof", "the connection closed after %s" % what)
+        head, _, body = got.partition(b"\r\n\r\n")
+        check(head.startswith(b"HTTP/1.1 %d " % status), "status for %s: %r" % (what, head))
+        check(b"\r\nConnection: close" in head, "Connection: close for %s: %r" % (what, head))
+        eq(body, json.dumps({"detail": detail}, separators=(",", ":")).encode(), "body for " + what)
+    # Plain chunked framing is still served.
+    s = connect(d.port)
+    s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"10\r\n" + BODY + b"\r\n0\r\n\r\n")
+    r = http.client.HTTPResponse(s)
+    r.begin()
+    eq((r.status, r.read()), (200, oracle(text="hello")[0]), "a chunked request")
+    s.close()

@@ -181,6 +181,8 @@ def disconnect_while_queued(d):
 def half_close_while_queued(d):
     # A client that shuts its sending side while queued counts as gone, as
     # in nginx; it reads the connection's end, never a 499 (a log status).
+    status = 'predictd_requests_total{model="tiny",endpoint="/predict",status="499"}'
+    before = metric(d.metrics(), status) or 0
     s = connect(d.port)
     s.sendall(b"POST /predict?text=half%20closed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
               b"Content-Length: 0\r\n\r\n")
@@ -188,8 +190,7 @@ def half_close_while_queued(d):
     got, how = recv_all(s, time.monotonic() + 10 * SLOW)
     s.close()
     eq((got, how), (b"", "eof"), "what the half-closed client reads")
-    status = 'predictd_requests_total{model="tiny",endpoint="/predict",status="499"}'
-    wait_for(status + " = 1", lambda: metric(d.metrics(), status) == 1, 5)
+    wait_for(status + " one up", lambda: metric(d.metrics(), status) == before + 1, 5)
 
 
 # ---- a full queue --------------------------------------------------------------------------

@@ -477,7 +477,7 @@ TEST(options_help)
         "model", "dtype", "threads", "host", "port", "config", "max-batch-size",
         "max-batch-tokens", "max-batch-wait-us", "adaptive-batch-wait", "max-queue",
         "max-client-batch-size", "max-input-tokens", "max-batch-total-tokens", "max-new-tokens-limit", "max-body-bytes",
-        "max-header-bytes", "max-connections", "timeout", "shutdown-timeout", "max-image-bytes",
+        "max-header-bytes", "max-connections", "timeout", "request-timeout", "shutdown-timeout", "max-image-bytes",
         "max-image-pixels", "log-format", "log-level", "access-log", "api-key", "api-key-file",
         "protect-ops"};
     char *text = NULL;
