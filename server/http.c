@@ -274,6 +274,20 @@ static void suspend(srv_conn *c)
     watch(c);
 }
 
+/* The path of a request target. The absolute form ("http://host/path"),
+ * which a server must accept (RFC 9112 3.2.2), routes by its path, as
+ * uvicorn does; MHD has already split off the query either way. */
+static const char *target_path(const char *url)
+{
+    size_t scheme = strncasecmp(url, "http://", 7) == 0    ? 7
+                    : strncasecmp(url, "https://", 8) == 0 ? 8
+                                                           : 0;
+    if (!scheme)
+        return url;
+    const char *path = strchr(url + scheme, '/');
+    return path ? path : "/";
+}
+
 static srv_conn *conn_new(srv_http *h, struct MHD_Connection *mhd, const char *method,
                           const char *url)
 {
@@ -283,7 +297,7 @@ static srv_conn *conn_new(srv_http *h, struct MHD_Connection *mhd, const char *m
     c->http = h;
     c->mhd = mhd;
     c->method = strdup(method);
-    c->path = strdup(url);
+    c->path = strdup(target_path(url));
     c->start = mono_now();
     srv_buf_init(&c->body);
     srv_buf_init(&c->stream);

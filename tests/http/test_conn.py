@@ -248,3 +248,16 @@ def ambiguous_framing_refused(d):
     r.begin()
     eq((r.status, r.read()), (200, oracle(text="hello")[0]), "a chunked request")
     s.close()
+
+
+@test()
+def absolute_form_target(d):
+    # RFC 9112 3.2.2: a server must accept "http://host/path" as the target
+    # (proxies send it); it routes by its path, as uvicorn does.
+    for target in (b"http://127.0.0.1/predict?text=hello", b"HTTP://example.org:8000/predict?text=hello"):
+        s = connect(d.port)
+        s.sendall(b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
+        r = http.client.HTTPResponse(s)
+        r.begin()
+        eq((r.status, r.read()), (200, oracle(text="hello")[0]), "the answer for %r" % target)
+        s.close()
