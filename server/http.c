@@ -434,7 +434,18 @@ typedef struct framing {
     int content_length, transfer_encoding; /* how many of each header */
     bool chunked;                          /* the one Transfer-Encoding is "chunked" */
     bool bad_name;                         /* a header name with white space in it */
+    bool folded;                           /* a framing header folded over lines */
 } framing;
+
+/* Whether key is name with more after it. MHD 0.9.75 reads a header folded
+ * over lines (obs-fold: "Transfer-Encoding:\r\n chunked") as the name
+ * "Transfer-Encodingchunked" with no value; a proxy that unfolds it sees the
+ * header itself. */
+static bool name_run_on(const char *key, size_t key_size, const char *name)
+{
+    size_t n = strlen(name);
+    return key_size > n && strncasecmp(key, name, n) == 0;
+}
 
 static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
                                      size_t key_size, const char *value, size_t value_size)
@@ -443,6 +454,9 @@ static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const c
     framing *f = cls;
     if (strcspn(key, " \t") < key_size)
         f->bad_name = true;
+    if (name_run_on(key, key_size, MHD_HTTP_HEADER_CONTENT_LENGTH) ||
+        name_run_on(key, key_size, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        f->folded = true;
     if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
         f->content_length++;
     if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
@@ -463,6 +477,8 @@ static const char *bad_framing(srv_conn *c, int *status)
     *status = 400;
     if (f.bad_name)
         return "a header name contains white space";
+    if (f.folded)
+        return "a Content-Length or Transfer-Encoding header is folded over lines";
     if (f.content_length > 1)
         return "Content-Length is given more than once";
     if (f.transfer_encoding > 1)
@@ -705,6 +721,7 @@ static void handle_closed(uv_handle_t *handle)
 
 void srv_http_stop(srv_http *h)
 {
+    run_mhd(h); /* sends what was resumed since the last run (resume only schedules one) */
     uv_poll_stop(&h->poll);
     MHD_stop_daemon(h->mhd);
     h->mhd = NULL;

@@ -234,7 +234,7 @@ static void on_drain_tick(uv_timer_t *t)
     bool idle = s->in_flight == 0 && (!s->http || srv_http_deferred(s->http) == 0);
     if (!idle && now < s->drain_deadline)
         return;
-    if (!idle) {
+    if (!idle && !s->drained_at) {
         srv_warn("shutdown deadline passed with %d requests unanswered", s->in_flight);
         for (size_t i = 0; i < s->n_workers; i++)
             for (srv_job *j = s->workers[i].head; j; j = j->next)

@@ -222,6 +222,8 @@ AMBIGUOUS = [
     (b"Transfer-Encoding: bogus\r\n\r\n" + BODY, 501,
      "only the chunked Transfer-Encoding is supported"),
     (b"Content-Length : 16\r\n\r\n" + BODY, 400, "a header name contains white space"),
+    (b"Transfer-Encoding:\r\n chunked\r\nContent-Length: 16\r\n\r\n" + BODY, 400,
+     "a Content-Length or Transfer-Encoding header is folded over lines"),
     (b"Content-Length: 16\r\nContent-Length: 5\r\n\r\n" + BODY, 400,
      "Content-Length is given more than once"),
     (b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n" + BODY + b"\r\n0\r\n\r\n",

@@ -10,8 +10,8 @@ import struct
 import threading
 import time
 
-from harness import (REPO, SLOW, check, close, config, connect, eq, expect, fail, load_json,
-                     metric, test, wait_for)
+from harness import (REPO, SLOW, Daemon, check, close, config, connect, eq, expect, fail,
+                     load_json, metric, test, wait_for)
 
 GPT2 = os.path.join(REPO, "tests", "fixtures", "gpt2-tiny")
 GOLDEN = load_json(os.path.join(REPO, "tests", "fixtures", "golden", "gpt2.json"))
@@ -245,3 +245,40 @@ def generate_step_limits_bound_requests(d):
     r = post_json(d, "/predict", {"inputs": ["a", "b", "c", "d"], "parameters": {"max_new_tokens": 2}})
     eq(r.status, 200, "four prompts in a four-row step")
     eq(len(r.json()), 4, "four answers")
+
+
+@test(daemon=None)
+def generate_answered_at_shutdown_deadline():
+    # With no time left to finish (--shutdown-timeout 0), the workers stop
+    # the running generations and the loop sends what they made (200), or
+    # the queued ones a 503: never a bare close (resumed answers were once
+    # dropped by the final stop, before MHD ran again).
+    d = Daemon(["--model", "gpt2=" + GPT2, "--shutdown-timeout", "0"], label="gpt2_stop").start()
+    results = [None] * 4
+
+    def client(i):
+        try:
+            results[i] = post_json(d, "/generate", {"inputs": "Hello", "parameters":
+                                                    {"max_new_tokens": 1000}}, timeout=60)
+        except Exception as e:  # reported below, per client
+            results[i] = e
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    series = 'predictd_kv_cache_tokens{model="gpt2"}'
+    wait_for("the generations running", lambda: (metric(d.metrics(), series) or 0) > 0, 10)
+    d.terminate()
+    for t in threads:
+        t.join(30 * SLOW)
+    eq(d.wait(30), 0, "exit code")
+    d.check_clean()
+    for i, r in enumerate(results):
+        check(not isinstance(r, Exception) and r is not None, "client %d: %r" % (i, r))
+        check(r.status in (200, 503), "client %d's status: %d %r" % (i, r.status, r.body))
+        if r.status == 200:  # running: the text so far (maybe none yet)
+            check(isinstance(r.json().get("generated_text"), str),
+                  "client %d got its text so far: %r" % (i, r.body[:80]))
+        else:  # still queued
+            expect(r, 503, r.body)
+            check("detail" in r.json(), "client %d's 503 says why" % i)
+    check(any(r.status == 200 for r in results), "the running generations were answered")
