@@ -34,7 +34,7 @@ static bool ready(srv_server *s, srv_conn *c)
     if (s->state == SRV_STATE_READY)
         return true;
     srv_reply_detail(srv_conn_reply(c), 503, s->state == SRV_STATE_LOADING
-                                                 ? "Model is loading" : "Service is shutting down");
+                                                 ? "Model is loading" : SRV_SHUTTING_DOWN);
     srv_conn_send(c);
     return false;
 }

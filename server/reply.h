@@ -23,6 +23,9 @@ void srv_reply_free(srv_reply *r);
 /* Starts a JSON answer; the caller writes the body into r->body. */
 void srv_reply_json(srv_reply *r, int status);
 
+/* The detail of a 503 while the server stops. */
+#define SRV_SHUTTING_DOWN "Service is shutting down"
+
 /* {"detail": "<message>"} with the given status. */
 void srv_reply_detail(srv_reply *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

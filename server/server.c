@@ -66,12 +66,30 @@ static void finish_classify(srv_server *s, srv_job *job)
     srv_conn *c = job->conn;
     s->in_flight--;
     if (c) {
-        format_classify(job, srv_conn_reply(c));
+        if (atomic_load(&job->shut_out))
+            srv_reply_detail(srv_conn_reply(c), 503, SRV_SHUTTING_DOWN);
+        else
+            format_classify(job, srv_conn_reply(c));
         srv_conn_resume(c);
     } else {
         srv_metrics_cancelled(s->metrics, job->worker->name);
     }
     srv_job_free(job);
+}
+
+/* A generation the shutdown deadline ended: a 503, or in a stream already
+ * answered 200 an error event (TGI's shape) and the stream's end. */
+static void end_shut_out(srv_conn *c, bool stream)
+{
+    if (!stream) {
+        srv_reply_detail(srv_conn_reply(c), 503, SRV_SHUTTING_DOWN);
+        srv_conn_resume(c);
+        return;
+    }
+    static const char event[] =
+        "data:{\"error\":\"" SRV_SHUTTING_DOWN "\",\"error_type\":\"shutdown\"}\n\n";
+    srv_conn_stream_write(c, event, sizeof event - 1);
+    srv_conn_stream_end(c);
 }
 
 /* A generation job is posted with news (streamed tokens) or when the worker
@@ -85,7 +103,11 @@ static void finish_generate(srv_server *s, srv_job *job)
     g->posted = false;
     bool finished = g->finished;
     pthread_mutex_unlock(&g->lock);
-    if (c && g->stream) {
+    if (c && finished && atomic_load(&job->shut_out)) {
+        end_shut_out(c, g->stream);
+        job->conn = NULL;
+        job->answered = true;
+    } else if (c && g->stream) {
         srv_buf events;
         srv_buf_init(&events);
         bool complete = srv_gen_stream_events(m, g, &events);
@@ -237,8 +259,7 @@ static void on_drain_tick(uv_timer_t *t)
     if (!idle && !s->drained_at) {
         srv_warn("shutdown deadline passed with %d requests unanswered", s->in_flight);
         for (size_t i = 0; i < s->n_workers; i++)
-            for (srv_job *j = s->workers[i].head; j; j = j->next)
-                srv_job_cancel(j);
+            srv_worker_cut(&s->workers[i]);
     }
     if (!s->drained_at)
         s->drained_at = now;

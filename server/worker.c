@@ -246,9 +246,19 @@ bool srv_worker_run_inline(srv_worker *w, srv_job *job)
 
 /* ---- generation: continuous batching ------------------------------------ */
 
+static void shut_out(srv_job *job)
+{
+    atomic_store(&job->shut_out, true);
+    atomic_store(&job->cancelled, true);
+}
+
+/* Ends a running generation whose client left, or any at the deadline. */
 static bool job_cancelled(void *owner)
 {
-    return atomic_load(&((srv_job *)owner)->cancelled);
+    srv_job *job = owner;
+    if (atomic_load(&job->worker->cut))
+        shut_out(job);
+    return atomic_load(&job->cancelled);
 }
 
 static void job_news(void *ud, void *owner)
@@ -386,6 +396,16 @@ void srv_worker_stop(srv_worker *w)
     pthread_mutex_unlock(&w->lock);
     pthread_join(w->thread, NULL);
     w->started = false;
+}
+
+void srv_worker_cut(srv_worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    atomic_store(&w->cut, true);
+    for (srv_job *j = w->head; j; j = j->next)
+        shut_out(j);
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
 }
 
 void srv_worker_free(srv_worker *w)

@@ -35,6 +35,7 @@ struct srv_job {
     srv_worker *worker;
     void *conn;              /* the waiting request; NULL once its client left (loop thread) */
     atomic_bool cancelled;   /* set by the loop thread, read by the worker */
+    atomic_bool shut_out;    /* cancelled by the shutdown deadline: answered 503 */
     bool answered;           /* loop thread: its stream has ended (conn let go) */
     bool in_batch;           /* worker: not cancelled when its batch began; a
                                 batch reads this, never the moving flag above */
@@ -89,6 +90,7 @@ struct srv_worker {
     int last_batch_jobs;      /* requests computed in the last batch (0 before any) */
     _Atomic long ns_per_token; /* classify cost per token, averaged; 0 until measured */
     bool stopping;
+    atomic_bool cut;          /* the shutdown deadline passed: end every job now */
     bool started;
     srv_batch_scratch work;   /* the worker's scratch; only its thread touches it */
     srv_batch_scratch inline_work; /* the loop thread's, for jobs it computes itself */
@@ -104,6 +106,10 @@ int srv_worker_start(srv_worker *w, model *m, const srv_worker_cfg *cfg,
                      const srv_worker_hooks *hooks, eng_err *err);
 /* Finishes every queued job, then joins the thread (no-op when not started). */
 void srv_worker_stop(srv_worker *w);
+
+/* At the shutdown deadline: every queued job, and every running generation,
+ * ends at once without a result, marked shut_out. */
+void srv_worker_cut(srv_worker *w);
 
 /* Queues a job. Returns 0, or -1 when the queue is full (the caller answers 429). */
 int srv_worker_submit(srv_worker *w, srv_job *job);

@@ -278,6 +278,26 @@ def sigterm_drains_in_flight():
         pass
 
 
+@test(daemon=None)
+def queued_at_shutdown_deadline_503():
+    # A request still queued when the shutdown deadline passes is answered
+    # 503 (it was once answered 200 with a made-up prediction).
+    d = Daemon(["--model", "tiny=" + TINY, "--inline-max-us", "0", "--adaptive-batch-wait", "false",
+                "--max-batch-wait-us", daemon_time(5000000), "--shutdown-timeout", "0"],
+               label="deadline").start()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", request(d.port, "POST", "/predict?text=hello", timeout=30)), daemon=True)
+    t.start()
+    wait_for("the request queued", lambda: queued(d, 1), 10)
+    d.terminate()
+    t.join(30 * SLOW)
+    eq(d.wait(30), 0, "exit code")
+    d.check_clean()
+    check("r" in result, "the queued client got an answer")
+    expect(result["r"], 503, '{"detail":"Service is shutting down"}')
+
+
 # ---- a client leaves while its batch runs ---------------------------------------------------
 
 config("long_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
