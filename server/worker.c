@@ -39,6 +39,13 @@ static void publish_queue_size(srv_worker *w)
     srv_metrics_queue_size(w->hooks.metrics, w->name, w->n_waiting);
 }
 
+/* Cancels a job for the shutdown deadline: its client is answered 503. */
+static void shut_out(srv_job *job)
+{
+    atomic_store(&job->shut_out, true);
+    atomic_store(&job->cancelled, true);
+}
+
 int srv_worker_submit(srv_worker *w, srv_job *job)
 {
     pthread_mutex_lock(&w->lock);
@@ -245,12 +252,6 @@ bool srv_worker_run_inline(srv_worker *w, srv_job *job)
 }
 
 /* ---- generation: continuous batching ------------------------------------ */
-
-static void shut_out(srv_job *job)
-{
-    atomic_store(&job->shut_out, true);
-    atomic_store(&job->cancelled, true);
-}
 
 /* Ends a running generation whose client left, or any at the deadline. */
 static bool job_cancelled(void *owner)
