@@ -61,24 +61,8 @@ static void format_classify(const srv_job *job, srv_reply *r)
         srv_classify_format(job->worker->model, &job->cls, r);
 }
 
-static void finish_classify(srv_server *s, srv_job *job)
-{
-    srv_conn *c = job->conn;
-    s->in_flight--;
-    if (c) {
-        if (atomic_load(&job->shut_out))
-            srv_reply_detail(srv_conn_reply(c), 503, SRV_SHUTTING_DOWN);
-        else
-            format_classify(job, srv_conn_reply(c));
-        srv_conn_resume(c);
-    } else {
-        srv_metrics_cancelled(s->metrics, job->worker->name);
-    }
-    srv_job_free(job);
-}
-
-/* A generation the shutdown deadline ended: a 503, or in a stream already
- * answered 200 an error event (TGI's shape) and the stream's end. */
+/* A job the shutdown deadline ended: a 503, or in a stream already answered
+ * 200 an error event (TGI's shape) and the stream's end. */
 static void end_shut_out(srv_conn *c, bool stream)
 {
     if (!stream) {
@@ -90,6 +74,21 @@ static void end_shut_out(srv_conn *c, bool stream)
         "data:{\"error\":\"" SRV_SHUTTING_DOWN "\",\"error_type\":\"shutdown\"}\n\n";
     srv_conn_stream_write(c, event, sizeof event - 1);
     srv_conn_stream_end(c);
+}
+
+static void finish_classify(srv_server *s, srv_job *job)
+{
+    srv_conn *c = job->conn;
+    s->in_flight--;
+    if (c && atomic_load(&job->shut_out)) {
+        end_shut_out(c, false);
+    } else if (c) {
+        format_classify(job, srv_conn_reply(c));
+        srv_conn_resume(c);
+    } else {
+        srv_metrics_cancelled(s->metrics, job->worker->name);
+    }
+    srv_job_free(job);
 }
 
 /* A generation job is posted with news (streamed tokens) or when the worker
