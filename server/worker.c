@@ -46,6 +46,12 @@ static void shut_out(srv_job *job)
     atomic_store(&job->cancelled, true);
 }
 
+/* Whether the waiting jobs fill a batch. */
+static bool batch_full(const srv_worker *w)
+{
+    return w->waiting_seqs >= w->cfg.max_batch_size || w->waiting_tokens >= w->cfg.max_batch_tokens;
+}
+
 int srv_worker_submit(srv_worker *w, srv_job *job)
 {
     pthread_mutex_lock(&w->lock);
@@ -53,6 +59,7 @@ int srv_worker_submit(srv_worker *w, srv_job *job)
         pthread_mutex_unlock(&w->lock);
         return -1;
     }
+    bool was_empty = !w->head;
     job->worker = w;
     job->next = NULL;
     job->t_enqueue = mono_now();
@@ -62,21 +69,30 @@ int srv_worker_submit(srv_worker *w, srv_job *job)
         w->head = job;
     w->tail = job;
     w->n_waiting++;
+    w->waiting_seqs += job->n_seq;
+    w->waiting_tokens += job->n_tokens;
     publish_queue_size(w);
-    pthread_cond_signal(&w->wake);
+    /* The worker waits either for a first job or for a batch to fill (or
+     * its deadline): waking it for any other arrival would only send it
+     * back to sleep -- under load, a futex wake per request. */
+    if (was_empty || batch_full(w))
+        pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
     return 0;
 }
 
-/* Sums what is queued, to know whether a batch is full. */
-static bool batch_full(const srv_worker *w)
+/* Unlinks and returns the oldest waiting job; called with the lock held. */
+static srv_job *dequeue(srv_worker *w)
 {
-    int seqs = 0, tokens = 0;
-    for (const srv_job *j = w->head; j; j = j->next) {
-        seqs += j->n_seq;
-        tokens += j->n_tokens;
-    }
-    return seqs >= w->cfg.max_batch_size || tokens >= w->cfg.max_batch_tokens;
+    srv_job *j = w->head;
+    w->head = j->next;
+    if (!w->head)
+        w->tail = NULL;
+    j->next = NULL;
+    w->n_waiting--;
+    w->waiting_seqs -= j->n_seq;
+    w->waiting_tokens -= j->n_tokens;
+    return j;
 }
 
 static void deadline_after(struct timespec *ts, double t)
@@ -114,11 +130,7 @@ static srv_job *take_batch(srv_worker *w)
                     tokens + j->n_tokens <= w->cfg.max_batch_tokens;
         if (!fits && seqs > 0)
             break; /* a job larger than the limits still runs, alone */
-        w->head = j->next;
-        if (!w->head)
-            w->tail = NULL;
-        w->n_waiting--;
-        j->next = NULL;
+        dequeue(w);
         *link = j;
         link = &j->next;
         if (!atomic_load(&j->cancelled)) {
@@ -289,10 +301,7 @@ static bool admit(srv_worker *w, srv_gen_sched *sched)
             bool cancelled = atomic_load(&j->cancelled);
             if (!cancelled && !srv_gen_sched_admit(sched, &j->gen, j))
                 break;
-            w->head = j->next;
-            if (!w->head)
-                w->tail = NULL;
-            w->n_waiting--;
+            dequeue(w);
             if (cancelled)
                 drop_queued(w, j);
             else

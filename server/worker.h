@@ -86,6 +86,7 @@ struct srv_worker {
     pthread_cond_t wake;
     srv_job *head, *tail;     /* waiting jobs, oldest first */
     int n_waiting;
+    int waiting_seqs, waiting_tokens; /* summed over the waiting jobs */
     bool busy;                /* the worker holds a batch */
     int last_batch_jobs;      /* requests computed in the last batch (0 before any) */
     _Atomic long ns_per_token; /* classify cost per token, averaged; 0 until measured */

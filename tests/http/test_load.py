@@ -152,6 +152,34 @@ def concurrent_64_clients(d):
     eq(metric(m, 'predictd_queue_size{model="tiny"}'), 0.0, "queue size after the load")
 
 
+# ---- a full batch leaves at once ------------------------------------------------------
+
+# A window (the longest allowed, 10 s) twice the client's timeout: only the
+# batch filling up can send these requests on (the worker is woken for that,
+# not for every arrival).
+config("fills", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
+                 "--max-batch-wait-us", "10000000", "--adaptive-batch-wait", "false",
+                 "--max-batch-size", "4"])
+
+
+@test(daemon="fills")
+def full_batch_leaves_before_its_window(d):
+    n = 4
+    texts = [review(i) for i in range(n)]
+    wants = oracle_many([(t, None) for t in texts])
+
+    def client(i):
+        return request(d.port, "POST", "/predict" + q(texts[i]), timeout=5)
+
+    for i, r in enumerate(parallel(client, n)):
+        if isinstance(r, Exception):
+            fail("client %d: %s: %s" % (i, type(r).__name__, r))
+        expect_answer(r, wants[i], "client %d" % i)
+    m = d.metrics()
+    eq(metric(m, 'predictd_batch_size_sum{model="tiny"}'), float(n), "sequences in batches")
+    eq(metric(m, 'predictd_batch_size_count{model="tiny"}'), 1.0, "one full batch")
+
+
 # ---- a client leaves while queued ---------------------------------------------------------
 
 config("slow_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
