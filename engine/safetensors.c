@@ -269,6 +269,39 @@ static int open_sharded(eng_safetensors *st, const char *dir, const char *index_
     return rc;
 }
 
+/* Writes s into out as one single-quoted shell word ('it'\''s'). */
+static void shell_quote(const char *s, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[n++] = '\'';
+    for (; *s && n + 5 < cap; s++) {
+        if (*s == '\'') {
+            memcpy(out + n, "'\\''", 4);
+            n += 4;
+        } else {
+            out[n++] = *s;
+        }
+    }
+    out[n++] = '\'';
+    out[n] = '\0';
+}
+
+/* Refuses a folder holding only pytorch_model.bin, with a command that
+ * converts it. The command loads the class config.json names (AutoModel
+ * would drop the task's head and rename the architecture to the bare
+ * model's, which predictd then refuses). */
+static int refuse_pickle(const char *dir, eng_err *err)
+{
+    char quoted[PATH_MAX + 64];
+    shell_quote(dir, quoted, sizeof quoted);
+    return eng_err_set(err, ENG_EUNSUPPORTED,
+        "%s: found pytorch_model.bin but no model.safetensors; predictd reads only safetensors "
+        "(pickle files can run code). Convert once with: python3 -c 'import sys, transformers as t; "
+        "p = sys.argv[1]; a = t.AutoConfig.from_pretrained(p).architectures[0]; "
+        "getattr(t, a).from_pretrained(p).save_pretrained(p, safe_serialization=True)' %s",
+        dir, quoted);
+}
+
 int eng_safetensors_open(eng_safetensors *st, const char *dir, eng_err *err)
 {
     memset(st, 0, sizeof *st);
@@ -285,11 +318,7 @@ int eng_safetensors_open(eng_safetensors *st, const char *dir, eng_err *err)
         } else {
             snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
             if (file_exists(path))
-                rc = eng_err_set(err, ENG_EUNSUPPORTED,
-                    "%s: found pytorch_model.bin but no model.safetensors; predictd reads only "
-                    "safetensors (pickle files can run code). Convert once with: python3 -c \"from "
-                    "transformers import AutoModel as M; M.from_pretrained('%s').save_pretrained('%s', "
-                    "safe_serialization=True)\"", dir, dir, dir);
+                rc = refuse_pickle(dir, err);
             else
                 rc = eng_err_set(err, ENG_ENOTFOUND,
                     "%s: no model.safetensors or model.safetensors.index.json in the folder", dir);

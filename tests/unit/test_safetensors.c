@@ -242,3 +242,35 @@ TEST(model_load_folder_faults)
     remove_model_dir();
     expect_load_error("no such file"); /* the folder itself is gone */
 }
+
+/* The conversion command printed for a pickle-only folder is one shell line
+ * that loads the config's own class and passes the folder as one word, even
+ * one with a quote in its name: run through sh with python3 swapped for
+ * printf, its last word is the folder. */
+TEST(pickle_folder_gets_a_working_command)
+{
+    char dir[] = "/tmp/predictd-it's a \"model\"-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[sizeof dir + 32];
+    snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
+    write_file(path, "x", 1);
+    eng_safetensors st;
+    eng_err err = {0};
+    CHECK(eng_safetensors_open(&st, dir, &err) == ENG_EUNSUPPORTED);
+    const char *cmd = strstr(err.msg, "python3 -c ");
+    CHECK_MSG(cmd != NULL, "no command in \"%s\"", err.msg);
+    CHECK(strstr(err.msg, "architectures[0]") && strstr(err.msg, "safe_serialization=True"));
+    if (cmd) {
+        char shell[1024];
+        snprintf(shell, sizeof shell, "printf '%%s\\n' %s | tail -n 1", cmd + strlen("python3 -c "));
+        FILE *p = popen(shell, "r");
+        char last[512] = "";
+        CHECK(p && fgets(last, sizeof last, p));
+        if (p)
+            pclose(p);
+        last[strcspn(last, "\n")] = '\0';
+        CHECK_MSG(strcmp(last, dir) == 0, "the shell read the folder as \"%s\"", last);
+    }
+    unlink(path);
+    rmdir(dir);
+}
