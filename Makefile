@@ -37,7 +37,7 @@ MAIN_OBJ := $(BUILD)/obj/server/main.o
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/%)
 
-.PHONY: all deps run test unit-test http-test test-deploy test-scale soak soak-test fuzz fuzz-smoke asan asan-test valgrind-test bench install clean
+.PHONY: all deps run-deps run test unit-test http-test test-deploy test-scale soak soak-test fuzz fuzz-smoke asan asan-test valgrind-test bench install clean
 
 all: $(BUILD)/predictd $(BUILD)/unit_tests
 
@@ -63,12 +63,16 @@ $(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libpredictd.a
 $(BUILD)/%: $(BUILD)/obj/tests/bench/%.o $(BUILD)/libpredictd.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# Installs the Debian packages the build and the tests need, when missing.
+# Installs the Debian packages the build and the tests need, when missing
+# (run-deps: only what building and running need).
 deps:
-	@scripts/install-deps.sh
+	@scripts/install-deps.sh test
+
+run-deps:
+	@scripts/install-deps.sh build
 
 # Serves the three bundled demo models (config/predictd.example.json) on :8000.
-run: deps
+run: run-deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/predictd --config config/predictd.example.json
 
