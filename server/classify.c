@@ -39,9 +39,10 @@ static int tokenize_one(const model *m, const srv_request *in, srv_classify_req 
         return -1;
     }
     if (req->enc[i].n_untruncated > (size_t)max && !req->truncate) {
+        /* Only a JSON body can ask for truncation: no hint to a ?text= client. */
         srv_reply_detail(err, 422, "Input validation error: `inputs` must have at most %d tokens. "
-                         "Given: %zu (send \"truncate\": true to cut it)", max,
-                         req->enc[i].n_untruncated);
+                         "Given: %zu%s", max, req->enc[i].n_untruncated,
+                         in->query_text ? "" : " (send \"truncate\": true to cut it)");
         return -1;
     }
     return 0;

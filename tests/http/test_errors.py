@@ -231,6 +231,8 @@ def long_input(d):
         detail = r.json()["detail"]
         check(isinstance(detail, str) and "602" in detail and "512" in detail,
               "the 422 names the count 602 and the limit 512: %r" % detail)
+        # Only a JSON body can ask for truncation, so only it is told how.
+        eq("truncate" in detail, body is not None, "the 422 hints at truncate: %r" % detail)
     # Truncated, it answers as the first 510 words do.
     first = words(510)
     r = d.post("/predict", json.dumps({"text": text, "truncate": True}).encode())
