@@ -109,6 +109,11 @@ void srv_gen_format(const model *m, srv_gen_job *job, srv_reply *out);
  * connection is done with the job, though the worker may still hold it. */
 bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out);
 
+/* Appends the events that end a stream with an error, in the job's form:
+ * TGI's data:{"error","error_type"}; OpenAI's data: {"error":{"message",
+ * "type"}} then data: [DONE]. message is a JSON-safe literal. */
+void srv_gen_stream_error(srv_gen_form form, const char *message, const char *type, srv_buf *out);
+
 /* ---- the worker side (server/generate_sched.c) ---- */
 
 typedef struct srv_gen_sched srv_gen_sched;

@@ -269,7 +269,7 @@ bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out)
     srv_gen_seq *q = &job->seqs[0];
     bool done = q->finish != SRV_FINISH_NONE;
     if (q->finish == SRV_FINISH_ERROR)
-        srv_buf_puts(out, "data:{\"error\":\"generation failed\",\"error_type\":\"generation\"}\n\n");
+        srv_gen_stream_error(job->form, "generation failed", "generation", out);
     for (int i = job->sent_tokens; i < q->n_tokens && q->finish != SRV_FINISH_ERROR; i++) {
         size_t end = q->text_end[i] < job->sent_bytes ? job->sent_bytes : q->text_end[i];
         const char *delta = q->text + job->sent_bytes;
@@ -282,8 +282,17 @@ bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out)
         job->sent_bytes = end;
         job->sent_tokens = i + 1;
     }
-    if (done && job->form == SRV_GEN_OPENAI)
+    if (done && job->form == SRV_GEN_OPENAI && q->finish != SRV_FINISH_ERROR)
         srv_buf_puts(out, "data: [DONE]\n\n");
     pthread_mutex_unlock(&job->lock);
     return done;
+}
+
+void srv_gen_stream_error(srv_gen_form form, const char *message, const char *type, srv_buf *out)
+{
+    if (form == SRV_GEN_OPENAI)
+        srv_buf_printf(out, "data: {\"error\":{\"message\":\"%s\",\"type\":\"%s\"}}\n\n"
+                            "data: [DONE]\n\n", message, type);
+    else
+        srv_buf_printf(out, "data:{\"error\":\"%s\",\"error_type\":\"%s\"}\n\n", message, type);
 }

@@ -158,6 +158,18 @@ static void form_defaults(const model *m, srv_gen_form form, gen_params *g, srv_
     }
 }
 
+/* The request's own names for the prompt and the new-token count, for the
+ * 422s that name them. */
+static const char *prompt_field(srv_gen_form form)
+{
+    return form == SRV_GEN_OPENAI ? "prompt" : "inputs";
+}
+
+static const char *max_new_field(srv_gen_form form)
+{
+    return form == SRV_GEN_OPENAI ? "max_tokens" : "max_new_tokens";
+}
+
 /* max_new_tokens when the request gave none: the pipeline's max_length
  * (prompt included), TGI's 100, OpenAI's 16, within the context. */
 static int derived_max_new(const model *m, srv_gen_form form, int n_prompt)
@@ -321,21 +333,23 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
     int limit_new = in->limits && in->limits->max_new_tokens ? in->limits->max_new_tokens : 1024;
     if (!explicit_max)
         q->params.max_new_tokens = derived_max_new(m, job->form, q->n_prompt);
+    const char *prompt = prompt_field(job->form), *max_new = max_new_field(job->form);
     if (q->params.max_new_tokens > limit_new) {
-        srv_reply_detail(err, 422, "Input validation error: `max_new_tokens` must be <= %d. Given: %d",
-                         limit_new, q->params.max_new_tokens);
+        srv_reply_detail(err, 422, "Input validation error: `%s` must be <= %d. Given: %d",
+                         max_new, limit_new, q->params.max_new_tokens);
         return -1;
     }
     int limit_prompt = in->limits && in->limits->max_batch_tokens ? in->limits->max_batch_tokens : INT_MAX;
     if (q->n_prompt > limit_prompt) { /* a prompt is prefilled in one step */
-        srv_reply_detail(err, 422, "Input validation error: `inputs` must have at most %d tokens "
-                         "(the server's --max-batch-tokens). Given: %d", limit_prompt, q->n_prompt);
+        srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens "
+                         "(the server's --max-batch-tokens). Given: %d", prompt, limit_prompt,
+                         q->n_prompt);
         return -1;
     }
     if (q->n_prompt + q->params.max_new_tokens > m->max_positions) {
-        srv_reply_detail(err, 422, "Input validation error: `inputs` tokens + `max_new_tokens` must "
-                         "be <= %d. Given: %d `inputs` tokens and %d `max_new_tokens`",
-                         m->max_positions, q->n_prompt, q->params.max_new_tokens);
+        srv_reply_detail(err, 422, "Input validation error: `%s` tokens + `%s` must be <= %d. "
+                         "Given: %d `%s` tokens and %d `%s`", prompt, max_new, m->max_positions,
+                         q->n_prompt, prompt, q->params.max_new_tokens, max_new);
         return -1;
     }
     return 0;

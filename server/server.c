@@ -62,17 +62,20 @@ static void format_classify(const srv_job *job, srv_reply *r)
 }
 
 /* A job the shutdown deadline ended: a 503, or in a stream already answered
- * 200 an error event (TGI's shape) and the stream's end. */
-static void end_shut_out(srv_conn *c, bool stream)
+ * 200 an error event (in the stream's form) and the stream's end. */
+static void end_shut_out(srv_conn *c, const srv_gen_job *gen)
 {
-    if (!stream) {
+    if (!gen || !gen->stream) {
         srv_reply_detail(srv_conn_reply(c), 503, SRV_SHUTTING_DOWN);
         srv_conn_resume(c);
         return;
     }
-    static const char event[] =
-        "data:{\"error\":\"" SRV_SHUTTING_DOWN "\",\"error_type\":\"shutdown\"}\n\n";
-    srv_conn_stream_write(c, event, sizeof event - 1);
+    srv_buf event;
+    srv_buf_init(&event);
+    srv_gen_stream_error(gen->form, SRV_SHUTTING_DOWN, "shutdown", &event);
+    if (event.len)
+        srv_conn_stream_write(c, event.data, event.len);
+    srv_buf_free(&event);
     srv_conn_stream_end(c);
 }
 
@@ -81,7 +84,7 @@ static void finish_classify(srv_server *s, srv_job *job)
     srv_conn *c = job->conn;
     s->in_flight--;
     if (c && atomic_load(&job->shut_out)) {
-        end_shut_out(c, false);
+        end_shut_out(c, NULL);
     } else if (c) {
         format_classify(job, srv_conn_reply(c));
         srv_conn_resume(c);
@@ -103,7 +106,7 @@ static void finish_generate(srv_server *s, srv_job *job)
     bool finished = g->finished;
     pthread_mutex_unlock(&g->lock);
     if (c && finished && atomic_load(&job->shut_out)) {
-        end_shut_out(c, g->stream);
+        end_shut_out(c, g);
         job->conn = NULL;
         job->answered = true;
     } else if (c && g->stream) {

@@ -103,6 +103,12 @@ def generate_openai_completions(d):
     eq(text, got["choices"][0]["text"], "streamed text")
     expect(post_json(d, "/v1/completions", {"model": "nope", "prompt": "x"}), 404,
            '{"detail":"Model \'nope\' not found"}')
+    # Its 422s name its own fields.
+    expect(post_json(d, "/v1/completions", {"prompt": "The", "max_tokens": 2000}), 422,
+           '{"detail":"Input validation error: `max_tokens` must be <= 1024. Given: 2000"}')
+    r = post_json(d, "/v1/completions", {"prompt": "The " * 600, "max_tokens": 1000})
+    eq(r.status, 422, "prompt + max_tokens past the context")
+    check("`prompt` tokens + `max_tokens`" in r.json()["detail"], "named fields: %r" % r.body)
 
 
 def solo(d, prompt, n):
@@ -256,18 +262,24 @@ def generate_cut_at_shutdown_deadline():
     d = Daemon(["--model", "gpt2=" + GPT2, "--shutdown-timeout", "0"], label="gpt2_stop").start()
     results = [None] * 5
     params = {"inputs": "Hello", "parameters": {"max_new_tokens": 1000}}
+    openai = {"prompt": "Hello", "max_tokens": 1000, "stream": True}
 
     def client(i):
         try:
-            results[i] = post_json(d, "/generate_stream" if i == 0 else "/generate", params,
-                                   timeout=60)
+            if i == 1:
+                results[i] = post_json(d, "/v1/completions", openai, timeout=60)
+            else:
+                results[i] = post_json(d, "/generate_stream" if i == 0 else "/generate", params,
+                                       timeout=60)
         except Exception as e:  # reported below, per client
             results[i] = e
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(5)]
     for t in threads:
         t.start()
-    series = 'predictd_kv_cache_tokens{model="gpt2"}'
-    wait_for("the generations running", lambda: (metric(d.metrics(), series) or 0) > 0, 10)
+    # All five running (each needs 1,001 of the 16,384 KV tokens) before the
+    # stop: a request still on its way would find the port closed.
+    series = 'predictd_running_sequences{model="gpt2"}'
+    wait_for("the generations running", lambda: metric(d.metrics(), series) == 5, 10)
     d.terminate()
     for t in threads:
         t.join(30 * SLOW)
@@ -280,5 +292,10 @@ def generate_cut_at_shutdown_deadline():
     evs = events(stream.body)
     eq(json.loads(evs[-1]), {"error": "Service is shutting down", "error_type": "shutdown"},
        "the stream's last event")
-    for i, r in enumerate(results[1:], 1):
+    # An OpenAI stream ends in its own error shape, then [DONE].
+    eq(results[1].status, 200, "the OpenAI stream's status")
+    evs = events(results[1].body)
+    eq(evs[-2:], ['{"error":{"message":"Service is shutting down","type":"shutdown"}}', "[DONE]"],
+       "the OpenAI stream's last events")
+    for i, r in enumerate(results[2:], 2):
         expect(r, 503, '{"detail":"Service is shutting down"}')
