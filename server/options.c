@@ -83,7 +83,7 @@ static const opt_def opt_table[] = {
     {.name = "max-batch-size", AS_INT(max_batch_size), .def = "32", .min = 1, .max = 65536,
      .group = "Batching", .help = "Most requests run in one forward pass."},
     {.name = "max-batch-tokens", AS_INT(max_batch_tokens), .def = "8192", .min = 1,
-     .max = 1 << 24, .help = "Most tokens, padding included, in one forward pass."},
+     .max = 1 << 24, .help = "Most tokens in one forward pass (batches are packed, not padded)."},
     {.name = "max-batch-wait-us", AS_INT(max_batch_wait_us), .arg = "MICROSECONDS",
      .def = "2000", .min = 0, .max = 10000000,
      .help = "How long a forward pass waits for more requests to join it."},
@@ -136,7 +136,7 @@ static const opt_def opt_table[] = {
     {.name = "api-key-file", AS_STRING(api_key_file), .arg = "FILE", .max = 4095,
      .help = "Read the API key from FILE."},
     {.name = "protect-ops", AS_BOOL(protect_ops), .def = "false",
-     .help = "Require the key on /health and /metrics too."},
+     .help = "Require the key on /health, /metrics and /v2/health/* too."},
 };
 
 #define N_OPTS (sizeof opt_table / sizeof opt_table[0])

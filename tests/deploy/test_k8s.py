@@ -218,7 +218,8 @@ def probe_and_metrics(p, c, mapping_note):
 def k8s_deployment_container_runs():
     """The Deployment's container (image ENTRYPOINT, its args and env, CPU
     limit resolved) serves here; its probes answer 200; /metrics exports the
-    HPA's metric predictd_queue_size once a model has had a request."""
+    HPA's metric predictd_queue_size from start-up, before any request (the
+    adapter rule has no fallback for a pod without the series)."""
     docs = k8s_docs()
     dep = one(docs, "Deployment")
     c = container(dep["spec"]["template"]["spec"])
@@ -228,10 +229,10 @@ def k8s_deployment_container_runs():
     p, _ = run_container(argv, env, container_mapping(), "k8s-deployment")
     p.wait_healthy(60)
     probe_and_metrics(p, c, "Deployment")
-    eq(p.post("/predict?text=scaling").status, 200, "POST /predict")
     text = p.get("/metrics").body.decode()
-    check(re.search(r'^predictd_queue_size\{model="[^"]+"\} \d', text, re.M),
-          "/metrics has no predictd_queue_size{model=...} sample, the HPA's metric")
+    check(re.search(r'^predictd_queue_size\{model="[^"]+"\} 0$', text, re.M),
+          "/metrics has no predictd_queue_size{model=...} 0 sample before any request")
+    eq(p.post("/predict?text=scaling").status, 200, "POST /predict")
     check(re.search(r"^# TYPE predictd_queue_size gauge$", text, re.M),
           "predictd_queue_size must be a gauge (the adapter rule takes no rate())")
     p.stop()
