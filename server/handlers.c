@@ -318,7 +318,7 @@ static const srv_route routes[] = {
     {"/v2/health/live", "GET", "/v2/health/live", false, srv_v2_server_live, true},
     {"/v2/health/ready", "GET", "/v2/health/ready", false, srv_v2_server_ready, true},
     {"/v2/models/{name}", "GET", "/v2/models/{name}", true, srv_v2_model_metadata},
-    {"/v2/models/{name}/ready", "GET", "/v2/models/{name}/ready", true, srv_v2_model_ready},
+    {"/v2/models/{name}/ready", "GET", "/v2/models/{name}/ready", true, srv_v2_model_ready, true},
     {"/v2/models/{name}/infer", "POST", "/v2/models/{name}/infer", true, srv_v2_infer},
     {"/models", "GET", "/models", false, handle_models},
     {"/health", "GET", "/health", false, handle_health, true},
@@ -366,9 +366,19 @@ static void not_allowed(srv_conn *c, const char *path)
     srv_reply_detail(r, 405, "Method Not Allowed");
 }
 
-void srv_handle_request(void *server, srv_conn *c)
+static void refuse_key(srv_conn *c)
 {
-    srv_server *s = server;
+    srv_reply *r = srv_conn_reply(c);
+    srv_reply_detail(r, 401, srv_conn_header(c, "Authorization") ? "Invalid API key"
+                                                                  : "Not authenticated");
+    r->challenge = "Bearer";
+}
+
+/* Finds the request's route and checks all that its headers decide: path,
+ * method, API key, the model named. Returns true with the route's context
+ * attached to the connection, or false with the refusal in its reply. */
+static bool route_request(srv_server *s, srv_conn *c)
+{
     const char *method = srv_conn_method(c), *path = srv_conn_path(c), *param = NULL;
     size_t param_len = 0;
     bool path_known = false;
@@ -380,31 +390,38 @@ void srv_handle_request(void *server, srv_conn *c)
         if (strcmp(method, routes[i].method) != 0 && !head_of_get)
             continue;
         req_ctx *ctx = calloc(1, sizeof *ctx);
-        if (!ctx)
-            break;
+        if (!ctx) {
+            srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
+            return false;
+        }
         ctx->route = &routes[i];
         srv_conn_set_data(c, ctx);
         if (!srv_auth_allows(&s->auth, routes[i].ops, srv_conn_header(c, "Authorization"))) {
-            srv_reply *r = srv_conn_reply(c);
-            srv_reply_detail(r, 401, srv_conn_header(c, "Authorization") ? "Invalid API key"
-                                                                          : "Not authenticated");
-            r->challenge = "Bearer";
-            srv_conn_send(c);
-            return;
+            refuse_key(c);
+            return false;
         }
         if (routes[i].per_model && !(ctx->worker = srv_server_model(s, param, param_len))) {
             srv_reply_detail(srv_conn_reply(c), 404, "Model '%.*s' not found", (int)param_len, param);
-            srv_conn_send(c);
-            return;
+            return false;
         }
-        routes[i].handle(s, c, ctx);
-        return;
+        return true;
     }
     if (path_known)
         not_allowed(c, path);
     else
         srv_reply_detail(srv_conn_reply(c), 404, "Not Found");
-    srv_conn_send(c);
+    return false;
+}
+
+bool srv_screen_request(void *server, srv_conn *c)
+{
+    return !route_request(server, c);
+}
+
+void srv_handle_request(void *server, srv_conn *c)
+{
+    req_ctx *ctx = srv_conn_data(c);
+    ctx->route->handle(server, c, ctx);
 }
 
 void srv_request_completed(void *server, srv_conn *c)

@@ -7,7 +7,10 @@
 
 #include "server/http.h"
 
-/* srv_http_hooks.dispatch: route the request and run its handler. */
+/* srv_http_hooks.screen: routes the request from its headers (path, method,
+ * API key, model); true when it is refused, its answer in the reply. */
+bool srv_screen_request(void *server, srv_conn *c);
+/* srv_http_hooks.dispatch: runs the screened request's handler. */
 void srv_handle_request(void *server, srv_conn *c);
 /* srv_http_hooks.completed: the access log line and request metrics. */
 void srv_request_completed(void *server, srv_conn *c);

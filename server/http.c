@@ -516,6 +516,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
         if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes)
             return refuse(c, 413, "request body is larger than the limit of %zu bytes",
                           h->cfg.max_body_bytes);
+        /* Refused by its headers (say, no API key): answered before any of
+         * the body is buffered, so such clients cannot hold our memory. */
+        if (h->hooks.screen(h->hooks.ud, c))
+            return queue_reply(c);
         return MHD_YES;
     }
     switch (c->state) {

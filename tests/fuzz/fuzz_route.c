@@ -1,7 +1,8 @@
 /* Request routing and handling without sockets: server/handlers.c's
- * srv_handle_request (route matching, 404/405 and Allow, API-key checks, the
- * per-model lookup, query and body handling of every endpoint, KServe v2 in
- * server/kserve.c) on fuzzed requests, through a link-time seam.
+ * srv_screen_request and srv_handle_request (route matching, 404/405 and
+ * Allow, API-key checks, the per-model lookup, query and body handling of
+ * every endpoint, KServe v2 in server/kserve.c) on fuzzed requests, through
+ * a link-time seam.
  *
  * The seam: handlers.c and kserve.c see HTTP only through server/http.h's
  * srv_conn_* functions and the server through srv_server_model,
@@ -281,8 +282,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     s.auth.protect_ops = flags & 8;
 
     if (parse_request(text, in.n, &c)) {
-        srv_handle_request(&s, &c);
-        FUZZ_CHECK(c.sends == 1); /* every request is answered, here at once */
+        /* As server/http.c does: a request refused by its headers is
+         * answered from the reply, without the handler's send. */
+        if (srv_screen_request(&s, &c)) {
+            FUZZ_CHECK(c.reply.status >= 400 && c.sends == 0);
+        } else {
+            srv_handle_request(&s, &c);
+            FUZZ_CHECK(c.sends == 1); /* answered at once */
+        }
         srv_request_completed(&s, &c);
     }
     srv_reply_free(&c.reply);

@@ -1,10 +1,12 @@
 """API keys and the Open Inference Protocol (KServe v2) endpoints."""
 
+import http.client
 import json
 
 import time
 
-from harness import TINY, Daemon, check, config, eq, expect, oracle, request, test
+from harness import (HOST, TINY, Daemon, check, config, eq, expect, oracle, read_response, request,
+                     test)
 
 config("api_key", ["--model", "tiny=" + TINY, "--api-key", "s3cret-key"])
 
@@ -41,7 +43,32 @@ def api_key_required(d):
            oracle(text="hello")[0])
     eq(d.get("/health").status, 200, "/health stays open")
     eq(d.get("/metrics").status, 200, "/metrics stays open")
+    # The Open Inference Protocol's health APIs are probes too (KServe's
+    # readinessProbe is the model's ready route).
+    for path in ["/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready"]:
+        eq(d.get(path).status, 200, "%s stays open" % path)
+    eq(d.get("/v2/models/tiny").status, 401, "/v2/models/tiny needs the key")
     eq(d.get("/models").status, 401, "/models needs the key")
+
+
+@test(daemon="api_key")
+def refused_before_the_body(d):
+    # A request its headers refuse (no key, unknown path or model) is answered
+    # at once: the body it announces is never awaited nor buffered, so
+    # clients without the key cannot hold the server's memory.
+    cases = [("/predict", {}, 401, '{"detail":"Not authenticated"}'),
+             ("/nowhere", KEY, 404, '{"detail":"Not Found"}'),
+             ("/models/nope/predict", KEY, 404, '{"detail":"Model \'nope\' not found"}')]
+    for path, headers, status, body in cases:
+        conn = http.client.HTTPConnection(HOST, d.port, timeout=5)
+        try:
+            conn.putrequest("POST", path)
+            for k, v in list(headers.items()) + [("Content-Length", "10000000")]:
+                conn.putheader(k, v)
+            conn.endheaders()  # and no body
+            expect(read_response(conn, "POST"), status, body)
+        finally:
+            conn.close()
 
 
 @test(daemon=None)
