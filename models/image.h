@@ -33,11 +33,15 @@ typedef struct img_rgb8 {
 typedef struct img_limits {
     size_t max_bytes;    /* size of the encoded file */
     uint64_t max_pixels; /* w * h, checked from the header before any pixel is allocated */
+    uint64_t max_scan_pixels; /* progressive JPEG: w * h summed over its scans */
 } img_limits;
 
 #define IMG_DEFAULT_MAX_BYTES ((size_t)32 << 20)
 /* Pillow's Image.MAX_IMAGE_PIXELS: above it Pillow warns of a decompression bomb. */
 #define IMG_DEFAULT_MAX_PIXELS ((uint64_t)89478485)
+/* Each scan of a progressive JPEG is a pass over the whole image, and takes
+ * a few bytes: 16 scans of a 40-megapixel image, ~2 s of CPU. */
+#define IMG_DEFAULT_MAX_SCAN_PIXELS ((uint64_t)640000000)
 
 /* Decodes a PNG or JPEG held in memory (told apart by their magic bytes) into
  * 8-bit RGB the way Pillow's convert("RGB") does: grayscale and palette

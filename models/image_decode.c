@@ -199,8 +199,13 @@ static int png_decode(const uint8_t *data, size_t len, uint64_t max_pixels, img_
 /* ------------------------------------------------------------------------ */
 
 /* Progressive JPEGs may hold any number of scans, each a full pass over the
- * coefficients; real ones have about ten. The cap stops a small file from
- * costing minutes of CPU (libjpeg-turbo's own advice against such files). */
+ * coefficients; real ones have about ten. A few bytes make a scan, so a
+ * small file could cost minutes of CPU (libjpeg-turbo's own advice against
+ * such files): the scans allowed shrink as the image grows, their pixels
+ * summed bounded by img_limits.max_scan_pixels, but never fewer than
+ * JPEG_MIN_SCANS (a budget below that many full scans is the pixel limit's
+ * business) nor more than JPEG_MAX_SCANS. */
+#define JPEG_MIN_SCANS 16
 #define JPEG_MAX_SCANS 1000
 
 typedef struct jpeg_ctx {
@@ -215,6 +220,8 @@ typedef struct jpeg_ctx {
     uint8_t *row; /* (w, 4) one CMYK row */
     eng_err *err;
     int rc;       /* set before a longjmp that is not a libjpeg error */
+    uint64_t max_scan_pixels;
+    int max_scans; /* from max_scan_pixels once the size is known */
     bool rows_done;
     char msg[JMSG_LENGTH_MAX];
 } jpeg_ctx;
@@ -241,8 +248,9 @@ static void jpeg_emit_message_cb(j_common_ptr cinfo, int level)
 static void jpeg_progress_cb(j_common_ptr cinfo)
 {
     jpeg_ctx *c = (jpeg_ctx *)cinfo->client_data;
-    if (c->cinfo.input_scan_number > JPEG_MAX_SCANS) {
-        snprintf(c->msg, sizeof c->msg, "more than %d scans", JPEG_MAX_SCANS);
+    if (c->cinfo.input_scan_number > c->max_scans) {
+        snprintf(c->msg, sizeof c->msg, "more than %d scans for a %ux%u image", c->max_scans,
+                 c->cinfo.image_width, c->cinfo.image_height);
         longjmp(c->jmp, 1);
     }
 }
@@ -270,6 +278,10 @@ static int jpeg_run(jpeg_ctx *c)
     ci->progress = &c->progress;
     jpeg_mem_src(ci, c->data, (unsigned long)c->len);
     jpeg_read_header(ci, TRUE);
+    uint64_t pixels = (uint64_t)ci->image_width * ci->image_height;
+    uint64_t scans = pixels ? c->max_scan_pixels / pixels : JPEG_MAX_SCANS;
+    c->max_scans = (int)(scans < JPEG_MIN_SCANS ? JPEG_MIN_SCANS
+                         : scans > JPEG_MAX_SCANS ? JPEG_MAX_SCANS : scans);
     int cmyk = ci->num_components == 4;
     /* Gray and YCbCr/RGB files come out as RGB (gray replicated, as Pillow's
      * L -> RGB); CMYK and YCCK as CMYK, converted below. Pillow leaves the
@@ -301,8 +313,8 @@ static int jpeg_run(jpeg_ctx *c)
     return 0;
 }
 
-static int jpeg_decode(const uint8_t *data, size_t len, uint64_t max_pixels, img_rgb8 *out,
-                       eng_err *err)
+static int jpeg_decode(const uint8_t *data, size_t len, uint64_t max_pixels,
+                       uint64_t max_scan_pixels, img_rgb8 *out, eng_err *err)
 {
     jpeg_ctx *c = calloc(1, sizeof *c);
     if (!c)
@@ -310,6 +322,8 @@ static int jpeg_decode(const uint8_t *data, size_t len, uint64_t max_pixels, img
     c->data = data;
     c->len = len;
     c->max_pixels = max_pixels;
+    c->max_scan_pixels = max_scan_pixels;
+    c->max_scans = JPEG_MAX_SCANS; /* until the header gives the size */
     c->out = out;
     c->err = err;
     c->cinfo.err = jpeg_std_error(&c->jerr);
@@ -363,6 +377,8 @@ int img_decode(const uint8_t *data, size_t len, const img_limits *lim, img_rgb8 
     static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     size_t max_bytes = lim && lim->max_bytes ? lim->max_bytes : IMG_DEFAULT_MAX_BYTES;
     uint64_t max_pixels = lim && lim->max_pixels ? lim->max_pixels : IMG_DEFAULT_MAX_PIXELS;
+    uint64_t max_scan_pixels = lim && lim->max_scan_pixels ? lim->max_scan_pixels
+                                                           : IMG_DEFAULT_MAX_SCAN_PIXELS;
     memset(out, 0, sizeof *out);
     if (!data || len == 0)
         return eng_err_set(err, ENG_EFORMAT, "empty image");
@@ -373,7 +389,7 @@ int img_decode(const uint8_t *data, size_t len, const img_limits *lim, img_rgb8 
     if (len >= 8 && memcmp(data, png_magic, 8) == 0)
         rc = png_decode(data, len, max_pixels, out, err);
     else if (len >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff)
-        rc = jpeg_decode(data, len, max_pixels, out, err);
+        rc = jpeg_decode(data, len, max_pixels, max_scan_pixels, out, err);
     else
         rc = unknown_format(data, len, err);
     if (rc)

@@ -87,8 +87,15 @@ static void embed_images(srv_worker *w, struct srv_clip_state *st, srv_job *jobs
     }
     size_t k = 0;
     for (srv_job *j = jobs; j; j = j->next)
-        for (size_t i = 0; j->in_batch && i < j->clip.n_images; i++, k++)
-            srv_clip_load_image(m, &j->clip, i, &w->cfg.limits, st->crop, st->pixels + k * px);
+        for (size_t i = 0; j->in_batch && i < j->clip.n_images; i++, k++) {
+            /* Decoding is the costly part of a large image: a client gone
+             * meanwhile has the rest of its images skipped (their rows run
+             * zeroed, and are dropped with the job). */
+            if (atomic_load(&j->cancelled))
+                memset(st->pixels + k * px, 0, px * sizeof(float));
+            else
+                srv_clip_load_image(m, &j->clip, i, &w->cfg.limits, st->crop, st->pixels + k * px);
+        }
     eng_err err = {0};
     double t0 = mono_now();
     int rc = eng_arena_reserve(&w->work.arena, m->ops->image_scratch_size(m, (int)n));

@@ -774,6 +774,109 @@ TEST(image_limits)
     free(jpg_data);
 }
 
+/* ---- progressive JPEG scan bombs ---- */
+
+/* Huffman-coded bits into a JPEG entropy segment (0xFF stuffed with 0x00). */
+typedef struct bitwriter {
+    membuf *b;
+    unsigned acc, n;
+} bitwriter;
+
+static void bits_put(bitwriter *w, unsigned v, unsigned n)
+{
+    while (n--) {
+        w->acc = (w->acc << 1) | ((v >> n) & 1);
+        if (++w->n == 8) {
+            uint8_t byte = (uint8_t)w->acc, zero = 0;
+            membuf_put(w->b, &byte, 1);
+            if (byte == 0xff)
+                membuf_put(w->b, &zero, 1);
+            w->acc = w->n = 0;
+        }
+    }
+}
+
+static void bits_flush(bitwriter *w)
+{
+    while (w->n)
+        bits_put(w, 1, 1);
+}
+
+static void jpeg_segment(membuf *b, uint8_t marker, const uint8_t *data, size_t n)
+{
+    uint8_t head[4] = {0xff, marker, (uint8_t)((n + 2) >> 8), (uint8_t)(n + 2)};
+    membuf_put(b, head, 4);
+    membuf_put(b, data, n);
+}
+
+/* A w x h gray progressive JPEG: a DC scan of zeros (mid-gray), then
+ * ac_scans AC scans of nothing but end-of-band runs -- a few bytes each, yet
+ * each a pass over every block. The scans repeat, which libjpeg tolerates. */
+static membuf jpeg_scan_bomb(unsigned w, unsigned h, int ac_scans)
+{
+    membuf b = {0};
+    unsigned blocks = ((w + 7) / 8) * ((h + 7) / 8);
+    membuf_put(&b, "\xff\xd8", 2);
+    uint8_t dqt[65] = {0};
+    memset(dqt + 1, 1, 64);
+    jpeg_segment(&b, 0xdb, dqt, sizeof dqt);
+    uint8_t sof[] = {8, (uint8_t)(h >> 8), (uint8_t)h, (uint8_t)(w >> 8), (uint8_t)w, 1, 1, 0x11, 0};
+    jpeg_segment(&b, 0xc2, sof, sizeof sof);
+    uint8_t dc[18] = {0x00, 1}; /* one 1-bit code: category 0 */
+    jpeg_segment(&b, 0xc4, dc, sizeof dc);
+    uint8_t ac[32] = {0x10, 0, 0, 0, 15}; /* fifteen 4-bit codes: EOB runs 2^0 .. 2^14 */
+    for (int r = 0; r < 15; r++)
+        ac[17 + r] = (uint8_t)(r << 4);
+    jpeg_segment(&b, 0xc4, ac, sizeof ac);
+    uint8_t sos_dc[] = {1, 1, 0x00, 0, 0, 0}, sos_ac[] = {1, 1, 0x00, 1, 63, 0};
+    jpeg_segment(&b, 0xda, sos_dc, sizeof sos_dc);
+    bitwriter bw = {&b, 0, 0};
+    for (unsigned i = 0; i < blocks; i++)
+        bits_put(&bw, 0, 1);
+    bits_flush(&bw);
+    for (int s = 0; s < ac_scans; s++) {
+        jpeg_segment(&b, 0xda, sos_ac, sizeof sos_ac);
+        for (unsigned left = blocks; left;) {
+            unsigned run = left < 32767 ? left : 32767, r = 0;
+            while (run >> (r + 1))
+                r++;
+            bits_put(&bw, r, 4);
+            bits_put(&bw, run - (1u << r), r);
+            left -= run;
+        }
+        bits_flush(&bw);
+    }
+    membuf_put(&b, "\xff\xd9", 2);
+    return b;
+}
+
+/* The scans a progressive JPEG may have shrink as the image grows
+ * (img_limits.max_scan_pixels), never below 16: a small file cannot buy
+ * minutes of CPU with a thousand empty scans. */
+TEST(image_jpeg_scan_budget)
+{
+    membuf ten = jpeg_scan_bomb(256, 256, 9), forty = jpeg_scan_bomb(256, 256, 39);
+    img_limits budget16 = {.max_scan_pixels = 16 * 65536}, budget32 = {.max_scan_pixels = 32 * 65536};
+    img_rgb8 img;
+    eng_err err = {0};
+    CHECK_MSG(img_decode(ten.p, ten.n, &budget16, &img, &err) == 0, "10 scans: %s", err.msg);
+    check_const(&img, 128, 128, 128, 0, "10 empty scans");
+    img_rgb8_free(&img);
+    CHECK_EQ_INT(decode_code(forty.p, forty.n, &budget16, &err), ENG_EFORMAT);
+    CHECK_MSG(strstr(err.msg, "more than 16 scans for a 256x256 image"), "%s", err.msg);
+    CHECK_EQ_INT(decode_code(forty.p, forty.n, &budget32, &err), ENG_EFORMAT);
+    CHECK_MSG(strstr(err.msg, "more than 32 scans"), "%s", err.msg);
+    /* A budget below 16 full scans still allows 16. */
+    img_limits tiny = {.max_scan_pixels = 65536};
+    CHECK_MSG(img_decode(ten.p, ten.n, &tiny, &img, &err) == 0, "floor of 16: %s", err.msg);
+    img_rgb8_free(&img);
+    /* By default a 256x256 image may have up to 1000 scans. */
+    CHECK_MSG(img_decode(forty.p, forty.n, NULL, &img, &err) == 0, "default: %s", err.msg);
+    img_rgb8_free(&img);
+    free(ten.p);
+    free(forty.p);
+}
+
 /* Corrupted files (bytes overwritten at random) decode or fail cleanly; the
  * ASan+UBSan build is where this test earns its keep. */
 TEST(image_corrupted_files_never_crash)
