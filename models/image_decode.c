@@ -55,7 +55,8 @@ typedef struct png_ctx {
     uint64_t max_pixels;
     img_rgb8 *out;
     png_uint_32 w, h;
-    int bit_depth, color_type, channels;
+    int bit_depth, color_type; /* as the file has them */
+    int channels;              /* per raw row pixel, alpha stripped */
     uint8_t *raw;     /* (rows, rowbytes) one row, or every row when interlaced */
     png_bytep *rows;  /* (h) row pointers into raw, interlaced images only */
     png_color palette[256]; /* PLTE, zero past its end as in Pillow */
@@ -87,7 +88,8 @@ static void png_warning_cb(png_structp png, png_const_charp msg)
 }
 
 /* Converts one row of raw samples (1-7 bit depths unpacked to a byte each,
- * 16-bit samples big-endian) to RGB as Pillow's modes and convert() do:
+ * 16-bit gray big-endian, alpha stripped) to RGB as Pillow's modes and
+ * convert() do:
  * 16-bit colour keeps its high byte (rawmodes RGB;16B, RGBA;16B, LA;16B),
  * 16-bit gray becomes I;16 and converts to RGB by clamping at 255, and 1/2/4-bit
  * gray is scaled to 0..255 (modes 1, L;2, L;4). */
@@ -109,12 +111,13 @@ static void png_row_to_rgb(const png_ctx *c, const uint8_t *raw, uint8_t *rgb)
         }
         return;
     }
-    int bps = c->bit_depth == 16 ? 2 : 1;
+    /* One byte a sample: 16-bit colour and gray+alpha come stripped to
+     * their high byte. */
     int gray = !(c->color_type & PNG_COLOR_MASK_COLOR);
     int scale = c->bit_depth < 8 ? 255 / ((1 << c->bit_depth) - 1) : 1;
     for (png_uint_32 x = 0; x < c->w; x++)
         for (int j = 0; j < 3; j++)
-            rgb[3 * x + j] = (uint8_t)(raw[((size_t)x * c->channels + (gray ? 0 : j)) * bps] * scale);
+            rgb[3 * x + j] = (uint8_t)(raw[(size_t)x * c->channels + (gray ? 0 : j)] * scale);
 }
 
 /* Reads the header, refuses oversized images, and sets up the transforms. */
@@ -137,8 +140,16 @@ static void png_setup(png_ctx *c)
     }
     if (c->bit_depth < 8)
         png_set_packing(c->png);
+    /* What png_row_to_rgb would drop, libpng drops first: the raw rows an
+     * interlaced image holds at once are then at most 3 bytes a pixel, not
+     * 8 (16-bit RGBA). 16-bit gray keeps both bytes (it is clamped). */
+    if (c->bit_depth == 16 && c->color_type != PNG_COLOR_TYPE_GRAY)
+        png_set_strip_16(c->png);
+    if (c->color_type & PNG_COLOR_MASK_ALPHA)
+        png_set_strip_alpha(c->png);
     png_set_interlace_handling(c->png);
     png_read_update_info(c->png, c->info);
+    c->channels = png_get_channels(c->png, c->info);
 }
 
 static int png_run(png_ctx *c)
