@@ -22,10 +22,7 @@ static int alloc_texts(srv_classify_req *req, size_t n, srv_reply *err)
 
 static int max_tokens(const model *m, const srv_limits *lim)
 {
-    int max = m->max_positions;
-    if (lim && lim->max_input_tokens > 0 && lim->max_input_tokens < max)
-        max = lim->max_input_tokens;
-    return max;
+    return srv_limits_input_tokens(lim, m->max_positions);
 }
 
 static int tokenize_one(const model *m, const srv_request *in, srv_classify_req *req, size_t i,

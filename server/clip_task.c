@@ -11,6 +11,7 @@
 #include "server/multipart.h"
 
 #define DEFAULT_TEMPLATE "This is a photo of {}."
+#define MAX_LABELS 256 /* above --max-client-batch-size when that is raised */
 
 static int bad(srv_reply *err, const char *field, const char *type, const char *msg, json_t *input)
 {
@@ -24,6 +25,15 @@ static size_t max_items(const srv_request *in)
 {
     return in->limits && in->limits->max_client_batch ? in->limits->max_client_batch : 32;
 }
+
+/* A list longer than --max-client-batch-size, as classification words it. */
+static int too_many(srv_reply *err, const char *field, size_t n, size_t limit)
+{
+    srv_reply_detail(err, 422, "Input validation error: `%s` holds %zu items, at most %zu are "
+                     "allowed in one request", field, n, limit);
+    return -1;
+}
+
 
 /* ---- images ----------------------------------------------------------------- */
 
@@ -83,8 +93,10 @@ static int alloc_images(srv_clip_req *req, size_t n, srv_reply *err)
 static int read_images(srv_clip_req *req, json_t *v, const char *field, const srv_request *in,
                        srv_reply *err)
 {
-    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > max_items(in))
+    if (!json_is_array(v) || json_array_size(v) == 0)
         return bad(err, field, "list_type", "Input should be a non-empty list of base64 images", v);
+    if (json_array_size(v) > max_items(in))
+        return too_many(err, field, json_array_size(v), max_items(in));
     if (alloc_images(req, json_array_size(v), err))
         return -1;
     for (size_t i = 0; i < json_array_size(v); i++)
@@ -108,22 +120,22 @@ static int alloc_texts(srv_clip_req *req, size_t n, bool labels, srv_reply *err)
 
 /* Tokenizes one text; over-long texts are cut (keeping the end-of-text
  * token) unless the request said "truncate": false. */
-static int add_text(const model *m, srv_clip_req *req, const char *text, size_t len, bool truncate,
-                    srv_reply *err)
+static int add_text(const model *m, const srv_request *in, srv_clip_req *req, const char *text,
+                    size_t len, bool truncate, srv_reply *err)
 {
+    int max = srv_limits_input_tokens(in->limits, m->max_positions);
     tok_encoding *enc = &req->texts[req->n_texts];
     tok_encoding_init(enc);
     req->n_texts++;
-    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)m->max_positions};
+    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max};
     eng_err e = {0};
     if (tok_encode(m->tok, text, len, &opts, enc, &e)) {
         srv_reply_eng_error(err, &e);
         return -1;
     }
-    if (!truncate && enc->n_untruncated > (size_t)m->max_positions) {
+    if (!truncate && enc->n_untruncated > (size_t)max) {
         srv_reply_detail(err, 422, "Input validation error: a text has %zu tokens, the model takes "
-                         "at most %d (send \"truncate\": true to cut it)", enc->n_untruncated,
-                         m->max_positions);
+                         "at most %d (send \"truncate\": true to cut it)", enc->n_untruncated, max);
         return -1;
     }
     return 0;
@@ -133,26 +145,31 @@ static int read_texts(const model *m, srv_clip_req *req, json_t *v, const char *
                       const srv_request *in, bool truncate, srv_reply *err)
 {
     size_t n = json_is_string(v) ? 1 : json_array_size(v);
-    if ((!json_is_string(v) && !json_is_array(v)) || n == 0 || n > max_items(in))
+    if ((!json_is_string(v) && !json_is_array(v)) || n == 0)
         return bad(err, field, "list_type", "Input should be a string or a non-empty list of strings", v);
+    if (n > max_items(in))
+        return too_many(err, field, n, max_items(in));
     if (alloc_texts(req, n, false, err))
         return -1;
     for (size_t i = 0; i < n; i++) {
         json_t *t = json_is_string(v) ? v : json_array_get(v, i);
         if (!json_is_string(t))
             return bad(err, field, "string_type", "Input should be a valid string", t);
-        if (add_text(m, req, json_string_value(t), json_string_length(t), truncate, err))
+        if (add_text(m, in, req, json_string_value(t), json_string_length(t), truncate, err))
             return -1;
     }
     return 0;
 }
 
-/* template.format(label), as the pipeline: the first "{}" takes the label. */
-static char *fill_template(const char *tmpl, const char *label, size_t label_len)
+/* template.format(label), as the pipeline: the first "{}" takes the label.
+ * Lengths, not NULs, bound the template and the label (either may hold one). */
+static char *fill_template(const char *tmpl, size_t tmpl_len, const char *label, size_t label_len,
+                           size_t *len)
 {
-    const char *at = strstr(tmpl, "{}");
-    size_t pre = at ? (size_t)(at - tmpl) : strlen(tmpl), post = at ? strlen(at + 2) : 0;
-    char *s = malloc(pre + (at ? label_len : 0) + post + 1);
+    const char *at = memmem(tmpl, tmpl_len, "{}", 2);
+    size_t pre = at ? (size_t)(at - tmpl) : tmpl_len, post = at ? tmpl_len - pre - 2 : 0;
+    *len = pre + (at ? label_len : 0) + post;
+    char *s = malloc(*len + 1);
     if (!s)
         return NULL;
     memcpy(s, tmpl, pre);
@@ -160,26 +177,30 @@ static char *fill_template(const char *tmpl, const char *label, size_t label_len
         memcpy(s + pre, label, label_len);
         memcpy(s + pre + label_len, at + 2, post);
     }
-    s[pre + (at ? label_len : 0) + post] = '\0';
+    s[*len] = '\0';
     return s;
 }
 
 /* Candidate labels: a list, or one comma-separated string (the form field). */
 static int read_labels(const model *m, srv_clip_req *req, const char *const *labels,
-                       const size_t *lens, size_t n, const char *tmpl, const srv_request *in,
-                       srv_reply *err)
+                       const size_t *lens, size_t n, const char *tmpl, size_t tmpl_len,
+                       const srv_request *in, srv_reply *err)
 {
-    if (n == 0 || n > max_items(in)) {
+    size_t limit = max_items(in) < MAX_LABELS ? max_items(in) : MAX_LABELS;
+    if (n == 0) {
         srv_reply_invalid(err, "list_type", "body", "candidate_labels",
                           "Input should be a non-empty list of labels", NULL);
         return -1;
     }
+    if (n > limit)
+        return too_many(err, "candidate_labels", n, limit);
     if (alloc_texts(req, n, true, err))
         return -1;
     for (size_t i = 0; i < n; i++) {
-        char *text = fill_template(tmpl, labels[i], lens[i]);
+        size_t len;
+        char *text = fill_template(tmpl, tmpl_len, labels[i], lens[i], &len);
         req->labels[i] = strndup(labels[i], lens[i]);
-        int rc = !text || !req->labels[i] ? -1 : add_text(m, req, text, strlen(text), true, err);
+        int rc = !text || !req->labels[i] ? -1 : add_text(m, in, req, text, len, true, err);
         free(text);
         if (rc) {
             if (!err->status)
@@ -190,11 +211,12 @@ static int read_labels(const model *m, srv_clip_req *req, const char *const *lab
     return 0;
 }
 
-/* Splits "cat, dog,bird" into trimmed, non-empty labels (pointers into s). */
+/* Splits "cat, dog,bird" into trimmed, non-empty labels (pointers into s);
+ * returns how many there are, of which the first cap are stored. */
 static size_t split_labels(const char *s, size_t len, const char **out, size_t *lens, size_t cap)
 {
     size_t n = 0, i = 0;
-    while (i <= len && n < cap) {
+    while (i <= len) {
         size_t j = i;
         while (j < len && s[j] != ',')
             j++;
@@ -203,16 +225,15 @@ static size_t split_labels(const char *s, size_t len, const char **out, size_t *
             a++;
         while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t'))
             b--;
-        if (b > a) {
+        if (b > a && n < cap) {
             out[n] = s + a;
-            lens[n++] = b - a;
+            lens[n] = b - a;
         }
+        n += b > a;
         i = j + 1;
     }
     return n;
 }
-
-#define MAX_LABELS 256
 
 static int parse_zero_shot_json(const model *m, json_t *root, const srv_request *in,
                                 srv_clip_req *req, srv_reply *err)
@@ -226,13 +247,15 @@ static int parse_zero_shot_json(const model *m, json_t *root, const srv_request 
     size_t lens[MAX_LABELS], n = 0;
     if (json_is_string(labels)) {
         n = split_labels(json_string_value(labels), json_string_length(labels), names, lens, MAX_LABELS);
-    } else if (json_is_array(labels) && json_array_size(labels) <= MAX_LABELS) {
-        for (size_t i = 0; i < json_array_size(labels); i++) {
-            json_t *l = json_array_get(labels, i);
+    } else if (json_is_array(labels)) {
+        for (; n < json_array_size(labels); n++) {
+            json_t *l = json_array_get(labels, n);
             if (!json_is_string(l))
                 return bad(err, "candidate_labels", "string_type", "Input should be a valid string", l);
-            names[n] = json_string_value(l);
-            lens[n++] = json_string_length(l);
+            if (n < MAX_LABELS) {
+                names[n] = json_string_value(l);
+                lens[n] = json_string_length(l);
+            }
         }
     } else {
         return bad(err, "candidate_labels", labels ? "list_type" : "missing",
@@ -242,7 +265,7 @@ static int parse_zero_shot_json(const model *m, json_t *root, const srv_request 
     if (alloc_images(req, 1, err) || add_image_b64(req, json_object_get(root, "inputs"), "inputs", in, err))
         return -1;
     return read_labels(m, req, names, lens, n, tmpl ? json_string_value(tmpl) : DEFAULT_TEMPLATE,
-                       in, err);
+                       tmpl ? json_string_length(tmpl) : strlen(DEFAULT_TEMPLATE), in, err);
 }
 
 static bool truncate_flag(json_t *root)
@@ -304,9 +327,6 @@ static int parse_multipart(const model *m, const srv_request *in, srv_clip_req *
                           "Field required", NULL);
         rc = -1;
     }
-    char tmpl_buf[512];
-    snprintf(tmpl_buf, sizeof tmpl_buf, "%.*s", tmpl ? (int)tmpl->len : 0,
-             tmpl ? (const char *)tmpl->data : "");
     const char *names[MAX_LABELS];
     size_t lens[MAX_LABELS];
     req->form = SRV_CLIP_ZERO_SHOT;
@@ -315,7 +335,8 @@ static int parse_multipart(const model *m, const srv_request *in, srv_clip_req *
     if (!rc)
         rc = read_labels(m, req, names, lens,
                          split_labels((const char *)labels->data, labels->len, names, lens, MAX_LABELS),
-                         tmpl ? tmpl_buf : DEFAULT_TEMPLATE, in, err);
+                         tmpl ? (const char *)tmpl->data : DEFAULT_TEMPLATE,
+                         tmpl ? tmpl->len : strlen(DEFAULT_TEMPLATE), in, err);
     srv_multipart_free(&mp);
     return rc ? -1 : 0;
 }

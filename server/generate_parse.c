@@ -339,6 +339,12 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
                          max_new, limit_new, q->params.max_new_tokens);
         return -1;
     }
+    int max_input = srv_limits_input_tokens(in->limits, m->max_positions);
+    if (q->n_prompt > max_input) {
+        srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens. "
+                         "Given: %d", prompt, max_input, q->n_prompt);
+        return -1;
+    }
     int limit_prompt = in->limits && in->limits->max_batch_tokens ? in->limits->max_batch_tokens : INT_MAX;
     if (q->n_prompt > limit_prompt) { /* a prompt is prefilled in one step */
         srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens "

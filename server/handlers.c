@@ -249,7 +249,7 @@ static void write_model(srv_server *s, size_t i, srv_buf *b)
         srv_json_cstr(b, m->architecture);
         srv_buf_printf(b, ",\"dtype\":\"%s\",\"kernels\":\"%s\",\"max_input_tokens\":%d",
                        eng_dtypes[m->dtype].name, eng_kernel_level(),
-                       m->max_positions);
+                       srv_limits_input_tokens(&s->limits, m->max_positions));
     }
     srv_buf_puts(b, "}");
 }

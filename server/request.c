@@ -54,3 +54,10 @@ void srv_reply_eng_error(srv_reply *r, const eng_err *err)
         status = 503;
     srv_reply_detail(r, status, "%s", err->msg);
 }
+
+int srv_limits_input_tokens(const srv_limits *lim, int model_max)
+{
+    if (lim && lim->max_input_tokens > 0 && lim->max_input_tokens < model_max)
+        return lim->max_input_tokens;
+    return model_max;
+}

@@ -19,6 +19,10 @@ typedef struct srv_limits {
     size_t max_image_pixels; /* a decoded image (decompression bombs) */
 } srv_limits;
 
+/* The input tokens a model takes: its context, or --max-input-tokens if
+ * lower (lim may be NULL). */
+int srv_limits_input_tokens(const srv_limits *lim, int model_max);
+
 typedef struct srv_request {
     const char *query_text; /* the ?text= parameter, or NULL */
     size_t query_text_len;

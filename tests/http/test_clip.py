@@ -38,25 +38,70 @@ def clip_zero_shot_golden(d):
         close(g["score"], w["score"], 1e-4, "score of %s" % w["label"])
 
 
-@test(daemon="clip")
-def clip_zero_shot_multipart_equals_json(d):
-    z = GOLDEN["zero_shot"]
-    with open(os.path.join(GOLDEN_DIR, z["image"]), "rb") as f:
-        image = f.read()
+def post_upload(d, image, labels, template):
     boundary = "----predictdtest"
-    parts = [("image", "x.png", image), ("candidate_labels", None, ",".join(z["candidate_labels"]).encode()),
-             ("hypothesis_template", None, z["hypothesis_template"].encode())]
+    parts = [("image", "x.png", image), ("candidate_labels", None, ",".join(labels).encode()),
+             ("hypothesis_template", None, template.encode())]
     body = b""
     for name, filename, data in parts:
         body += b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; name=\"" + name.encode() + b"\""
         body += (b"; filename=\"" + filename.encode() + b"\"\r\nContent-Type: image/png") if filename else b""
         body += b"\r\n\r\n" + data + b"\r\n"
     body += b"--" + boundary.encode() + b"--\r\n"
-    r = d.post("/predict", body=body, headers={"Content-Type": "multipart/form-data; boundary=" + boundary})
-    eq(r.status, 200, "status (%r)" % r.body[:200])
-    want = post_json(d, "/predict", {"inputs": b64(z["image"]), "parameters": {
-        "candidate_labels": z["candidate_labels"], "hypothesis_template": z["hypothesis_template"]}})
-    eq(r.json(), want.json(), "the upload answers as the JSON request")
+    return d.post("/predict", body=body, headers={"Content-Type": "multipart/form-data; boundary=" + boundary})
+
+
+@test(daemon="clip")
+def clip_zero_shot_multipart_equals_json(d):
+    z = GOLDEN["zero_shot"]
+    with open(os.path.join(GOLDEN_DIR, z["image"]), "rb") as f:
+        image = f.read()
+    # The golden template, and one longer than a fixed buffer once held (cut
+    # there, it lost its "{}" and every label became the same text).
+    for template in [z["hypothesis_template"], " " * 600 + z["hypothesis_template"]]:
+        r = post_upload(d, image, z["candidate_labels"], template)
+        eq(r.status, 200, "status (%r)" % r.body[:200])
+        want = post_json(d, "/predict", {"inputs": b64(z["image"]), "parameters": {
+            "candidate_labels": z["candidate_labels"], "hypothesis_template": template}})
+        eq(r.json(), want.json(), "the upload answers as the JSON request (template of %d bytes)"
+           % len(template))
+        check(len({p["score"] for p in r.json()}) > 1, "labels told apart: %r" % r.body)
+
+
+@test(daemon="clip")
+def clip_label_counts(d):
+    image = b64(GOLDEN["zero_shot"]["image"])
+    for labels in [["l%d" % i for i in range(33)], ",".join("l%d" % i for i in range(300)),
+                   ["l%d" % i for i in range(257)]]:
+        n = len(labels) if isinstance(labels, list) else 300
+        r = post_json(d, "/predict", {"inputs": image, "parameters": {"candidate_labels": labels}})
+        eq(r.status, 422, "%d labels" % n)
+        eq(r.json()["detail"], "Input validation error: `candidate_labels` holds %d items, at most 32 "
+           "are allowed in one request" % n, "the 422 for %d labels" % n)
+    r = post_json(d, "/predict", {"inputs": image, "parameters": {"candidate_labels": []}})
+    eq(r.status, 422, "no labels")
+    r = post_json(d, "/embed", {"inputs": ["t"] * 33})
+    eq(r.json()["detail"], "Input validation error: `inputs` holds 33 items, at most 32 are "
+       "allowed in one request", "33 texts to embed")
+
+
+config("clip_short", ["--model", "clip=" + CLIP, "--max-input-tokens", "8"])
+
+
+@test(daemon="clip_short")
+def clip_max_input_tokens(d):
+    # --max-input-tokens lowers the texts' limit below CLIP's 77: cut by
+    # default, a 422 with "truncate": false, and /models says so.
+    long_text = "one two three four five six seven eight nine ten"
+    r = post_json(d, "/embed", {"inputs": [long_text], "truncate": False})
+    eq(r.status, 422, "a 12-token text over a limit of 8")
+    check("at most 8" in r.json()["detail"], "the 422 names the limit: %r" % r.body)
+    cut = post_json(d, "/embed", {"inputs": [long_text]})
+    eq(cut.status, 200, "cut by default")
+    # Cut to 8 tokens (start, six words, end): as if only those were sent.
+    want = post_json(d, "/embed", {"inputs": ["one two three four five six"]})
+    eq(cut.json(), want.json(), "the cut text's embedding")
+    eq(d.get("/models").json()["models"][0]["max_input_tokens"], 8, "/models")
 
 
 @test(daemon="clip")

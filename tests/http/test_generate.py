@@ -253,6 +253,25 @@ def generate_step_limits_bound_requests(d):
     eq(len(r.json()), 4, "four answers")
 
 
+config("gpt2_short", ["--model", "gpt2=" + GPT2, "--max-input-tokens", "4"])
+
+
+@test(daemon="gpt2_short")
+def generate_max_input_tokens(d):
+    # --max-input-tokens bounds prompts as it bounds classification inputs.
+    prompt = "one two three four five six"
+    for path, body, field in [("/generate", {"inputs": prompt}, "inputs"),
+                              ("/predict", {"inputs": prompt}, "inputs"),
+                              ("/v1/completions", {"prompt": prompt}, "prompt")]:
+        r = post_json(d, path, body)
+        eq(r.status, 422, "%s with a 6-token prompt" % path)
+        eq(r.json()["detail"], "Input validation error: `%s` must have at most 4 tokens. Given: 6"
+           % field, "%s's 422" % path)
+    eq(post_json(d, "/generate", {"inputs": "one two three four",
+                                  "parameters": {"max_new_tokens": 2}}).status, 200, "4 tokens")
+    eq(d.get("/models").json()["models"][0]["max_input_tokens"], 4, "/models")
+
+
 @test(daemon=None)
 def generate_cut_at_shutdown_deadline():
     # With no time left (--shutdown-timeout 0), running and queued generations
