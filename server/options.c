@@ -24,7 +24,10 @@ typedef struct opt_enum {
     int value;
 } opt_enum;
 
-enum { OPT_NO_FILE = 1 }; /* only the command line and environment may set it */
+enum {
+    OPT_NO_FILE = 1,  /* only the command line and environment may set it */
+    OPT_API_KEY = 2,  /* api-key or api-key-file: one setting, the highest source's */
+};
 
 typedef struct opt_def {
     const char *name;       /* --name, PREDICTD_NAME, "name" in the file (dashes as underscores) */
@@ -131,9 +134,11 @@ static const opt_def opt_table[] = {
      .help = "Log one line per request."},
 
     {.name = "api-key", AS_STRING(api_key), .arg = "KEY", .max = 4095, .group = "Access control",
+     .flags = OPT_API_KEY,
      .help = "Require \"Authorization: Bearer KEY\" on the API; empty: no authentication.\n"
              "Prefer PREDICTD_API_KEY or --api-key-file: argv is visible to other users."},
     {.name = "api-key-file", AS_STRING(api_key_file), .arg = "FILE", .max = 4095,
+     .flags = OPT_API_KEY,
      .help = "Read the API key from FILE."},
     {.name = "protect-ops", AS_BOOL(protect_ops), .def = "false",
      .help = "Require the key on /health, /metrics and /v2/health/* too."},
@@ -187,6 +192,7 @@ typedef struct opt_load {
     srv_options *o;
     eng_err *err;
     int models_rank; /* the rank of the source o->models came from */
+    int key_rank;    /* the rank of the source the API key (or its file) came from */
 } opt_load;
 
 /* One source being applied. The rank orders sources for `model`, whose list is
@@ -318,6 +324,15 @@ static int parse_string(const opt_def *d, const char *text, void *field, opt_src
         return src_fail(s, ENG_EINVAL, "must not be empty");
     if (len > (size_t)d->max)
         return src_fail(s, ENG_EINVAL, "longer than %lld bytes", d->max);
+    if ((d->flags & OPT_API_KEY) && s->ld->key_rank != s->rank) {
+        /* A key from a higher source replaces a lower one's key or key
+         * file; both from one source is an error (srv_auth_init). */
+        srv_options *o = s->ld->o;
+        free(o->api_key);
+        free(o->api_key_file);
+        o->api_key = o->api_key_file = NULL;
+        s->ld->key_rank = s->rank;
+    }
     char *copy = len ? strdup(text) : NULL;
     if (len && !copy)
         return src_fail(s, ENG_ENOMEM, "out of memory");
@@ -733,7 +748,7 @@ static int load(opt_load *ld, int argc, char **argv, char *const *envp)
 
 int srv_options_load(srv_options *o, int argc, char **argv, char *const *envp, eng_err *err)
 {
-    opt_load ld = {.o = o, .err = err, .models_rank = -1};
+    opt_load ld = {.o = o, .err = err, .models_rank = -1, .key_rank = -1};
     memset(o, 0, sizeof *o);
     int rc = load(&ld, argc, argv, envp);
     if (rc < 0)

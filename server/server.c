@@ -336,6 +336,11 @@ static int start(srv_server *s, eng_err *err)
     int rc = srv_auth_init(&s->auth, s->opts, err);
     if (rc)
         return rc;
+    /* Said either way: an empty PREDICTD_API_KEY turns off a file's key. */
+    srv_info("API key: %s", !s->auth.key ? "none, every endpoint is open"
+                            : s->auth.protect_ops ? "required on every endpoint"
+                                                  : "required on all but the probes (/health, /metrics, "
+                                                    "/v2/health/*, /v2/models/*/ready)");
     rc = srv_metrics_new(PREDICTD_VERSION, eng_blas_corename(), eng_kernel_level(), &s->metrics);
     if (rc)
         return eng_err_set(err, rc, "out of memory");

@@ -200,6 +200,23 @@ TEST(options_precedence)
     CHECK_EQ_INT(o.port, 2222);
     CHECK_STR(o.api_key, "from-env");
     srv_options_free(&o);
+
+    /* The key and the key file are one setting: a key file from a higher
+     * source replaces a lower one's key (and the reverse); both from one
+     * source stay both, for srv_auth_init to refuse. */
+    char *file_env[] = {"PREDICTD_API_KEY_FILE=/run/env-key", NULL};
+    CHECK_EQ_INT(LOAD(&o, &err, file_env, "--config", path, "--model", "m"), 0);
+    CHECK(o.api_key == NULL);
+    CHECK_STR(o.api_key_file, "/run/env-key");
+    srv_options_free(&o);
+    CHECK_EQ_INT(LOAD(&o, &err, file_env, "--config", path, "--model", "m", "--api-key", "cli"), 0);
+    CHECK_STR(o.api_key, "cli");
+    CHECK(o.api_key_file == NULL);
+    srv_options_free(&o);
+    CHECK_EQ_INT(LOAD(&o, &err, NULL, "--model", "m", "--api-key", "a", "--api-key-file", "/k"), 0);
+    CHECK_STR(o.api_key, "a");
+    CHECK_STR(o.api_key_file, "/k");
+    srv_options_free(&o);
     unlink(path);
 }
 
