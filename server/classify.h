@@ -20,7 +20,7 @@
 typedef struct srv_classify_req {
     bool tei_form;      /* "inputs": all labels sorted; else the pipeline's top label */
     bool v2_form;       /* Open Inference Protocol: label, score and logits tensors */
-    char v2_id[128];    /* the request's "id", echoed in the answer */
+    char v2_id[SRV_V2_ID_SIZE]; /* the request's "id", echoed in the answer */
     char v2_model[80];  /* the model's name, for the answer */
     bool list_input;    /* "inputs" was an array: answer one list per input */
     bool raw_scores;    /* logits instead of probabilities */

@@ -77,7 +77,7 @@ typedef struct srv_gen_job {
     srv_gen_seq *seqs;     /* (n) one per prompt */
     size_t n;
     char model_name[80];   /* for the OpenAI and v2 answers */
-    char v2_id[128];       /* the v2 request's "id" */
+    char v2_id[SRV_V2_ID_SIZE]; /* the v2 request's "id" */
     long created;          /* OpenAI: seconds since the epoch */
     uint64_t id;           /* OpenAI: cmpl-<id> */
 

@@ -320,6 +320,13 @@ static const srv_route routes[] = {
     {"/v2/models/{name}", "GET", "/v2/models/{name}", true, srv_v2_model_metadata},
     {"/v2/models/{name}/ready", "GET", "/v2/models/{name}/ready", true, srv_v2_model_ready, true},
     {"/v2/models/{name}/infer", "POST", "/v2/models/{name}/infer", true, srv_v2_infer},
+    /* The one version each model's metadata names. */
+    {"/v2/models/{name}/versions/1", "GET", "/v2/models/{name}/versions/1", true,
+     srv_v2_model_metadata},
+    {"/v2/models/{name}/versions/1/ready", "GET", "/v2/models/{name}/versions/1/ready", true,
+     srv_v2_model_ready, true},
+    {"/v2/models/{name}/versions/1/infer", "POST", "/v2/models/{name}/versions/1/infer", true,
+     srv_v2_infer},
     {"/models", "GET", "/models", false, handle_models},
     {"/health", "GET", "/health", false, handle_health, true},
     {"/metrics", "GET", "/metrics", false, handle_metrics, true},

@@ -31,6 +31,27 @@ static void v2_error(srv_conn *c, int status, const char *fmt, ...)
     srv_conn_send(c);
 }
 
+/* Sends a refusal the shared parsers wrote in FastAPI's shape ({"detail":
+ * "..."} or pydantic's list) in the protocol's: {"error": "..."}, a 400 for
+ * the client's faults. */
+static void send_as_v2(srv_conn *c)
+{
+    srv_reply *r = srv_conn_reply(c);
+    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, NULL);
+    json_t *detail = json_object_get(body, "detail");
+    json_t *item = json_array_get(detail, 0);
+    const char *msg = json_is_string(detail) ? json_string_value(detail)
+                      : json_is_string(json_object_get(item, "msg")) ? json_string_value(json_object_get(item, "msg"))
+                                                                     : "invalid request";
+    const char *field = json_string_value(json_array_get(json_object_get(item, "loc"), 1));
+    int status = r->status >= 500 ? r->status : 400;
+    if (field)
+        v2_error(c, status, "%s: %s", field, msg);
+    else
+        v2_error(c, status, "%s", msg);
+    json_decref(body);
+}
+
 static void answer(srv_conn *c, int status, const char *body)
 {
     srv_reply *r = srv_conn_reply(c);
@@ -112,7 +133,26 @@ void srv_v2_model_ready(void *server, srv_conn *c, void *ctx)
     srv_conn_send(c);
 }
 
-/* The strings of the first BYTES input (its "data", flattened). */
+/* Whether a tensor's "shape" is a list of non-negative integers whose
+ * product is its element count n. */
+static bool shape_holds(json_t *shape, size_t n)
+{
+    if (!json_is_array(shape) || json_array_size(shape) == 0)
+        return false;
+    size_t product = 1;
+    for (size_t i = 0; i < json_array_size(shape); i++) {
+        json_t *d = json_array_get(shape, i);
+        if (!json_is_integer(d) || json_integer_value(d) < 0 || (size_t)json_integer_value(d) > n)
+            return false;
+        product *= (size_t)json_integer_value(d);
+        if (product > n)
+            return false;
+    }
+    return product == n;
+}
+
+/* The strings of the first BYTES input (its "data", flat, as many as its
+ * "shape" says). */
 static int texts_of(json_t *root, const char **texts, size_t *lens, size_t *n, const char **why)
 {
     json_t *inputs = json_object_get(root, "inputs"), *in = NULL;
@@ -136,8 +176,11 @@ static int texts_of(json_t *root, const char **texts, size_t *lens, size_t *n, c
         texts[*n] = json_string_value(t);
         lens[(*n)++] = json_string_length(t);
     }
-    *why = *n ? NULL : "input \"data\" is empty";
-    return *n ? 0 : -1;
+    if (!*n)
+        *why = "input \"data\" is empty";
+    else if (!shape_holds(json_object_get(in, "shape"), *n))
+        *why = "input \"shape\" must be a list of sizes whose product is the number of data elements";
+    return *why ? -1 : 0;
 }
 
 static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *root,
@@ -158,7 +201,7 @@ static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
     if (srv_classify_texts(w->model, &in, texts, lens, n, json_is_true(trunc), &job->cls,
                            srv_conn_reply(c))) {
         free(job);
-        srv_conn_send(c);
+        send_as_v2(c);
         return;
     }
     job->cls.v2_form = true;
@@ -198,7 +241,7 @@ static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
     free(body);
     if (rc) {
         srv_job_free(job);
-        srv_conn_send(c);
+        send_as_v2(c);
         return;
     }
     job->gen.form = SRV_GEN_KSERVE;
@@ -227,7 +270,10 @@ void srv_v2_infer(void *server, srv_conn *c, void *ctx)
     }
     const char *texts[MAX_TEXTS], *why;
     size_t lens[MAX_TEXTS], n;
-    if (texts_of(root, texts, lens, &n, &why))
+    json_t *id = json_object_get(root, "id");
+    if (id && (!json_is_string(id) || json_string_length(id) >= SRV_V2_ID_SIZE))
+        v2_error(c, 400, "\"id\" must be a string of at most %d bytes", SRV_V2_ID_SIZE - 1);
+    else if (texts_of(root, texts, lens, &n, &why))
         v2_error(c, 400, "%s", why);
     else if (w->model->task == MODEL_TASK_CLASSIFY)
         infer_classify(s, c, w, root, texts, lens, n);

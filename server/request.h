@@ -8,6 +8,10 @@
 #include "engine/error.h"
 #include "server/reply.h"
 
+/* A KServe v2 request's "id" is echoed in its answer: at most this many
+ * bytes, NUL included. */
+#define SRV_V2_ID_SIZE 128
+
 typedef struct srv_limits {
     size_t max_client_batch; /* texts in one request's "inputs" list */
     int max_input_tokens;    /* 0: the model's own maximum */

@@ -107,3 +107,28 @@ def kserve_v2_classification(d):
     r = d.post("/v2/models/tiny/infer", body='{"inputs": [{"name": "x", "datatype": "FP32", "data": [1]}]}')
     eq(r.status, 400, "no BYTES input")
     check("error" in r.json(), "the protocol's error shape")
+    # The one version the metadata names answers as the unversioned routes.
+    eq(meta["versions"], ["1"], "versions")
+    eq(d.post("/v2/models/tiny/versions/1/infer", body=json.dumps(body)).json(), got, "versions/1/infer")
+    expect(d.get("/v2/models/tiny/versions/1/ready"), 200, '{"name":"tiny","ready":true}')
+    eq(d.get("/v2/models/tiny/versions/1").json(), meta, "versions/1 metadata")
+    eq(d.get("/v2/models/tiny/versions/2").status, 404, "another version")
+    # Every refusal in the protocol's shape: a shape that does not hold the
+    # data, an id past 127 bytes, and what the shared parsers refuse.
+    bad = [({"name": "text", "shape": [5], "datatype": "BYTES", "data": texts}, None, "shape"),
+           ({"name": "text", "shape": [-2], "datatype": "BYTES", "data": texts}, None, "shape"),
+           ({"name": "text", "datatype": "BYTES", "data": texts}, None, "shape"),
+           ({"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": texts}, "x" * 128, "id"),
+           ({"name": "text", "shape": [1], "datatype": "BYTES", "data": ["word " * 600]}, None,
+            "must have at most 512 tokens")]
+    for tensor, rid, says in bad:
+        req = {"inputs": [tensor]}
+        if rid:
+            req["id"] = rid
+        r = d.post("/v2/models/tiny/infer", body=json.dumps(req))
+        eq(r.status, 400, "status for %r" % r.body[:100])
+        check(list(r.json()) == ["error"] and says in r.json()["error"],
+              "{\"error\"} naming %s: %r" % (says, r.body[:200]))
+    r = d.post("/v2/models/tiny/infer", body=json.dumps(
+        {"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": texts}]}))
+    eq(r.status, 200, "a [1, 2] shape holds two texts")
