@@ -68,6 +68,7 @@ typedef struct bpe_cand {
 /* Per-call working memory of encode, grown to the longest piece. */
 typedef struct bpe_scratch {
     bool ref;       /* merge every piece with the reference scan (tests) */
+    size_t stop;    /* ids in out after which reading stops (count_max) */
     int32_t *sym;   /* (cap) symbol ids of the piece being merged; -1 in a dead slot */
     uint32_t *pos;  /* (cap) byte of the piece where each symbol starts */
     int32_t *rank;  /* (cap) scan: rank of the pair (sym[i], sym[i+1]), -1 if no merge */
@@ -769,7 +770,7 @@ static int encode_segment(const tok_bpe *b, const char *text, size_t from, size_
     int rc = 0;
     if (b->flavor == TOK_BPE_GPT2) {
         const char *s = text + from;
-        for (size_t i = 0, n = to - from; !rc && i < n;) {
+        for (size_t i = 0, n = to - from; !rc && i < n && out->n < sc->stop;) {
             size_t end = tok_bpe__gpt2_split(s, n, i);
             bpe_src src = {.base = (uint32_t)(from + i)};
             rc = encode_piece(b, (const unsigned char *)s + i, end - i, &src, sc, out);
@@ -779,7 +780,7 @@ static int encode_segment(const tok_bpe *b, const char *text, size_t from, size_
     }
     tok_bpe__norm *nm = &sc->norm;
     rc = tok_bpe__clip_normalize(text + from, to - from, (uint32_t)from, nm);
-    for (size_t i = 0; !rc;) {
+    for (size_t i = 0; !rc && out->n < sc->stop;) {
         size_t end = tok_bpe__clip_split(nm->text, nm->n, &i);
         if (i == nm->n)
             break;
@@ -814,7 +815,7 @@ static size_t find_added(const tok_bpe *b, const char *text, size_t len, size_t 
 static int encode_text(const tok_bpe *b, const char *text, size_t len, bpe_scratch *sc,
                        tok_encoding *out)
 {
-    for (size_t pos = 0; pos < len;) {
+    for (size_t pos = 0; pos < len && out->n < sc->stop;) {
         size_t hit_len = 0;
         int32_t hit_id = -1;
         size_t hit = find_added(b, text, len, pos, &hit_len, &hit_id);
@@ -861,7 +862,10 @@ static int encode_with(const tok_tokenizer *t, const char *text, size_t len,
     if (max_len && max_len < (size_t)open + close)
         return eng_err_set(err, ENG_EINVAL, "max_len %zu leaves no room for the special tokens",
                            max_len);
-    bpe_scratch sc = {.ref = ref};
+    /* With count_max, reading stops once n_untruncated (out->n + close) passes it. */
+    bpe_scratch sc = {.ref = ref, .stop = SIZE_MAX};
+    if (opts && opts->count_max)
+        sc.stop = opts->count_max + 1 > (size_t)close ? opts->count_max + 1 - close : 1;
     int rc = open ? tok_encoding_push(out, t->bos_id, 0, 0, true) : 0;
     if (!rc)
         rc = encode_text(b, text, len, &sc, out);

@@ -326,6 +326,7 @@ typedef struct wp_run {
     const wp_tokenizer *t;
     tok_encoding *out;
     size_t keep;     /* pieces to store; later ones are only counted */
+    size_t stop;     /* pieces after which reading stops (count_max) */
     size_t count;    /* pieces produced, stored or not */
     wp_buf word;     /* the current word: cleaned, lowercased input characters */
     wp_buf norm;     /* the word after NFD or NFC */
@@ -474,17 +475,18 @@ static void drop_marks(wp_buf *b)
 /* -------------------------------------------------------------- WordPiece */
 
 /* Counts a piece and stores it unless truncation has cut it; id -1 is [UNK]. */
+/* Not an error: emit's way to stop the scan once count_max is passed. */
+#define WP_ENOUGH 1
+
 static int emit(wp_run *r, int32_t id, uint32_t beg, uint32_t end)
 {
     id = id >= 0 ? id : r->t->base.unk_id;
     if (id < 0)
         return eng_err_set(r->err, ENG_EFORMAT,
                            "text at byte %u needs the unknown token, which vocab.txt lacks", beg);
-    if (r->count++ >= r->keep)
-        return 0;
-    if (tok_encoding_push(r->out, id, beg, end, false))
+    if (r->count++ < r->keep && tok_encoding_push(r->out, id, beg, end, false))
         return eng_err_set(r->err, ENG_ENOMEM, "out of memory storing %zu tokens", r->count);
-    return 0;
+    return r->count >= r->stop ? WP_ENOUGH : 0;
 }
 
 /* The input bytes behind c[0..n): reordered marks may not ascend, so this is
@@ -740,14 +742,18 @@ static int wp_encode(const tok_tokenizer *tt, const char *text, size_t len,
     if (special && max_len == 1)
         return eng_err_set(err, ENG_EINVAL, "max_len 1 leaves no room for [CLS] and [SEP]");
 
-    wp_run r = {.t = t, .out = out, .keep = SIZE_MAX, .err = err};
+    wp_run r = {.t = t, .out = out, .keep = SIZE_MAX, .stop = SIZE_MAX, .err = err};
     if (max_len)
         r.keep = special ? max_len - 2 : max_len;
+    if (opts && opts->count_max) /* n_untruncated = count + 2 with the special tokens */
+        r.stop = opts->count_max + 1 > (special ? 2u : 0u) ? opts->count_max + 1 - (special ? 2 : 0) : 1;
     int rc = 0;
     if (special && tok_encoding_push(out, t->special_id[WP_CLS], 0, 0, true))
         rc = eng_err_set(err, ENG_ENOMEM, "out of memory storing tokens");
     if (!rc)
         rc = scan(&r, text, len);
+    if (rc == WP_ENOUGH)
+        rc = 0;
     if (!rc && special && tok_encoding_push(out, t->special_id[WP_SEP], 0, 0, true))
         rc = eng_err_set(err, ENG_ENOMEM, "out of memory storing tokens");
     out->n_untruncated = r.count + (special ? 2 : 0);

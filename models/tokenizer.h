@@ -37,6 +37,10 @@ typedef struct tok_encode_opts {
     size_t max_len;   /* 0: no limit; else keep at most max_len ids, special ones
                          included, dropping pieces from the end and keeping the
                          closing special token; n_untruncated tells what was cut */
+    size_t count_max; /* 0: count every token; else stop reading the text once
+                         n_untruncated passes count_max (it is then a lower
+                         bound): the work is bounded by the tokens wanted, not
+                         by the text's length (one huge word still costs its size) */
 } tok_encode_opts;
 
 typedef struct tok_tokenizer tok_tokenizer;

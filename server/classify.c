@@ -29,7 +29,9 @@ static int tokenize_one(const model *m, const srv_request *in, srv_classify_req 
                         const char *text, size_t len, srv_reply *err)
 {
     int max = max_tokens(m, in->limits);
-    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max};
+    /* Truncating, it is enough to know there are more than max. */
+    size_t count_max = req->truncate ? (size_t)max : srv_count_max((size_t)max);
+    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max, .count_max = count_max};
     eng_err e = {0};
     if (tok_encode(m->tok, text, len, &opts, &req->enc[i], &e)) {
         srv_reply_eng_error(err, &e);
@@ -37,8 +39,9 @@ static int tokenize_one(const model *m, const srv_request *in, srv_classify_req 
     }
     if (req->enc[i].n_untruncated > (size_t)max && !req->truncate) {
         /* Only a JSON body can ask for truncation: no hint to a ?text= client. */
+        char given[32];
         srv_reply_detail(err, 422, "Input validation error: `inputs` must have at most %d tokens. "
-                         "Given: %zu%s", max, req->enc[i].n_untruncated,
+                         "Given: %s%s", max, srv_tokens_given(req->enc[i].n_untruncated, count_max, given),
                          in->query_text ? "" : " (send \"truncate\": true to cut it)");
         return -1;
     }

@@ -127,15 +127,18 @@ static int add_text(const model *m, const srv_request *in, srv_clip_req *req, co
     tok_encoding *enc = &req->texts[req->n_texts];
     tok_encoding_init(enc);
     req->n_texts++;
-    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max};
+    size_t count_max = truncate ? (size_t)max : srv_count_max((size_t)max);
+    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max, .count_max = count_max};
     eng_err e = {0};
     if (tok_encode(m->tok, text, len, &opts, enc, &e)) {
         srv_reply_eng_error(err, &e);
         return -1;
     }
     if (!truncate && enc->n_untruncated > (size_t)max) {
-        srv_reply_detail(err, 422, "Input validation error: a text has %zu tokens, the model takes "
-                         "at most %d (send \"truncate\": true to cut it)", enc->n_untruncated, max);
+        char given[32];
+        srv_reply_detail(err, 422, "Input validation error: a text has %s tokens, the model takes "
+                         "at most %d (send \"truncate\": true to cut it)",
+                         srv_tokens_given(enc->n_untruncated, count_max, given), max);
         return -1;
     }
     return 0;

@@ -316,7 +316,9 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
     srv_gen_seq *q = &job->seqs[i];
     tok_encoding enc;
     tok_encoding_init(&enc);
-    tok_encode_opts opts = {.add_special = false};
+    int max_input = srv_limits_input_tokens(in->limits, m->max_positions);
+    size_t count_max = srv_count_max((size_t)max_input);
+    tok_encode_opts opts = {.add_special = false, .count_max = count_max};
     eng_err e = {0};
     if (tok_encode(m->tok, job->prompt_text[i], job->prompt_text_len[i], &opts, &enc, &e)) {
         tok_encoding_free(&enc);
@@ -339,10 +341,11 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
                          max_new, limit_new, q->params.max_new_tokens);
         return -1;
     }
-    int max_input = srv_limits_input_tokens(in->limits, m->max_positions);
     if (q->n_prompt > max_input) {
+        char given[32];
         srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens. "
-                         "Given: %d", prompt, max_input, q->n_prompt);
+                         "Given: %s", prompt, max_input,
+                         srv_tokens_given((size_t)q->n_prompt, count_max, given));
         return -1;
     }
     int limit_prompt = in->limits && in->limits->max_batch_tokens ? in->limits->max_batch_tokens : INT_MAX;

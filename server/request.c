@@ -61,3 +61,17 @@ int srv_limits_input_tokens(const srv_limits *lim, int model_max)
         return lim->max_input_tokens;
     return model_max;
 }
+
+size_t srv_count_max(size_t max)
+{
+    return 4 * max;
+}
+
+const char *srv_tokens_given(size_t n, size_t count_max, char buf[32])
+{
+    if (n > count_max)
+        snprintf(buf, 32, "more than %zu", count_max);
+    else
+        snprintf(buf, 32, "%zu", n);
+    return buf;
+}

@@ -241,6 +241,11 @@ def long_input(d):
     expect(r, 200, oracle(body=json.dumps({"inputs": first}))[0])
     r = d.post("/predict", json.dumps({"inputs": text, "truncate": False}).encode())
     expect(r, 422)
+    # Past 4x the limit the count is a bound: tokenizing stops there, so a
+    # huge text costs the server no more than that.
+    r = d.post("/predict", json.dumps({"inputs": words(3000)}).encode())
+    expect(r, 422, '{"detail":"Input validation error: `inputs` must have at most 512 tokens. '
+                   'Given: more than 2048 (send \\"truncate\\": true to cut it)"}')
 
 
 # ---- sizes -------------------------------------------------------------------------------

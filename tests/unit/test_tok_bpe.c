@@ -214,6 +214,15 @@ TEST(bpe_gpt2_truncation_and_empty)
     encode(t, "", 0, true, 0, &e);
     CHECK_EQ_INT(e.n, 0);
     CHECK_EQ_INT(e.n_untruncated, 0);
+    /* count_max stops reading once passed: the ids so far are the full
+     * encoding's, the count a lower bound just over the bound. */
+    tok_encode_opts opts = {.count_max = 3};
+    CHECK_EQ_INT(tok_encode(t, text, strlen(text), &opts, &e, NULL), 0);
+    CHECK_EQ_INT(e.n_untruncated, 4);
+    CHECK_EQ_INT(e.n == 4 ? e.ids[3] : -1, 3290);
+    opts.count_max = 6;
+    CHECK_EQ_INT(tok_encode(t, text, strlen(text), &opts, &e, NULL), 0);
+    CHECK_EQ_INT(e.n_untruncated, 6);
     tok_encoding_free(&e);
     tok_tokenizer_free(t);
 }
@@ -271,6 +280,22 @@ TEST(bpe_clip_golden_ids_truncated_at_77)
     if (!t)
         return;
     check_golden_cases(t, FIXTURE_CLIP_GOLDEN, 77, check_clip_case);
+    /* Bounded reading keeps the truncated ids, start and end tokens included. */
+    char text[4000] = "";
+    for (int i = 0; i < 400; i++)
+        strcat(text, "a cat ");
+    tok_encoding all, bounded;
+    tok_encoding_init(&all);
+    tok_encoding_init(&bounded);
+    tok_encode_opts opts = {.add_special = true, .max_len = 77};
+    CHECK_EQ_INT(tok_encode(t, text, strlen(text), &opts, &all, NULL), 0);
+    opts.count_max = 77;
+    CHECK_EQ_INT(tok_encode(t, text, strlen(text), &opts, &bounded, NULL), 0);
+    CHECK_EQ_INT(all.n_untruncated, 802);
+    CHECK_EQ_INT(bounded.n_untruncated, 78);
+    CHECK(all.n == 77 && bounded.n == 77 && !memcmp(all.ids, bounded.ids, 77 * sizeof *all.ids));
+    tok_encoding_free(&all);
+    tok_encoding_free(&bounded);
     CHECK_EQ_INT(t->bos_id, 49406);
     CHECK_EQ_INT(t->eos_id, 49407);
     CHECK_EQ_INT(t->pad_id, 49407);

@@ -144,6 +144,20 @@ TEST(wordpiece_long_untruncated)
     CHECK_EQ_INT(e.n_untruncated, 786);
     for (size_t i = 0; i < e.n; i++)
         CHECK_EQ_INT(e.ids[i], json_integer_value(json_array_get(ids, i + 1)));
+
+    /* count_max stops reading just past it (with or without the special
+     * tokens): the same ids kept, and a count one over the bound. */
+    for (int special = 0; special < 2; special++) {
+        tok_encode_opts bounded = {.add_special = special, .max_len = 512, .count_max = 600};
+        CHECK_EQ_INT(tok_encode(t, text, strlen(text), &bounded, &e, NULL), 0);
+        CHECK_EQ_INT(e.n, 512);
+        CHECK_EQ_INT(e.n_untruncated, 601);
+        for (size_t i = 0; i < 510; i++) /* the golden's first 511 ids are [CLS] and pieces */
+            CHECK_EQ_INT(e.ids[i], json_integer_value(json_array_get(ids, i + !special)));
+        bounded.count_max = 788; /* not passed: the full count */
+        CHECK_EQ_INT(tok_encode(t, text, strlen(text), &bounded, &e, NULL), 0);
+        CHECK_EQ_INT(e.n_untruncated, special ? 788 : 786);
+    }
     tok_encoding_free(&e);
 out:
     tok_tokenizer_free(t);
