@@ -3,13 +3,24 @@
 #include <jansson.h>
 #include <stdlib.h>
 
+/* The most tokens one text may have here, in the model's contexts: a 16 MB
+ * body would otherwise come back as a 120 MB answer. */
+#define MAX_CONTEXTS 16
+
 static int encode(const model *m, const char *text, size_t len, bool special, tok_encoding *enc,
                   srv_reply *out)
 {
-    tok_encode_opts opts = {.add_special = special};
+    size_t max = (size_t)MAX_CONTEXTS * (size_t)m->max_positions;
+    tok_encode_opts opts = {.add_special = special, .count_max = max};
     eng_err err = {0};
     if (tok_encode(m->tok, text, len, &opts, enc, &err)) {
         srv_reply_eng_error(out, &err);
+        return -1;
+    }
+    if (enc->n_untruncated > max) {
+        srv_reply_detail(out, 422, "Input validation error: a text has more than %zu tokens, the "
+                         "most /tokenize answers (%d times the model's %d)", max, MAX_CONTEXTS,
+                         m->max_positions);
         return -1;
     }
     return 0;

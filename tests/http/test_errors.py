@@ -223,6 +223,11 @@ def long_input(d):
     r = d.post("/tokenize", json.dumps({"inputs": text}).encode())
     expect(r, 200)
     eq(len(r.json()), 602, "tokens of 600 one-piece words, [CLS] and [SEP]")
+    # /tokenize answers texts of up to 16 contexts (8,192 tokens here).
+    eq(len(d.post("/tokenize", json.dumps({"inputs": words(8190)}).encode()).json()), 8192, "16 contexts")
+    expect(d.post("/tokenize", json.dumps({"inputs": words(8191)}).encode()), 422,
+           '{"detail":"Input validation error: a text has more than 8192 tokens, the most /tokenize '
+           'answers (16 times the model\'s 512)"}')
     for path, body in [("/predict" + q(text), None), ("/predict", {"text": text}),
                        ("/predict", {"inputs": text}), ("/predict", {"inputs": ["a", text]})]:
         raw = json.dumps(body).encode() if body else None
