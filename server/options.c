@@ -778,8 +778,12 @@ static const char usage_head[] =
     "command line wins over the environment, and the environment over the file.\n";
 
 static const char usage_tail[] = "\nOther:\n"
-                                 "  --help\n      Print this help and exit.\n"
-                                 "  --version\n      Print the version and exit.\n";
+                                 "  --help, -h\n      Print this help and exit.\n"
+                                 "  --version\n      Print the version and exit.\n"
+                                 "  --man\n      Print the manual page (roff) and exit.\n"
+                                 "\nEnvironment only:\n"
+                                 "  PREDICTD_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni\n"
+                                 "      Use this kernel level or a lower one, not the widest the CPU has.\n";
 
 static void usage_option(FILE *out, const opt_def *d)
 {
