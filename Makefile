@@ -45,6 +45,14 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
+# The SIMD kernels may take flags of their own: clang needs over 15 minutes
+# for kernels_avx512.c with ASan, UBSan and fuzzer coverage together (seconds
+# without), so the fuzz build leaves the sanitizers off there (the kernels
+# are held to their C references under gcc's ASan+UBSan in make asan-test).
+SIMD_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard engine/kernels_avx*.c engine/ops_simd.c))
+KERNEL_CFLAGS ?= $(CFLAGS)
+$(SIMD_OBJ): ALL_CFLAGS = $(BASE_CFLAGS) $(KERNEL_CFLAGS)
+
 $(BUILD)/libpredictd.a: $(LIB_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
