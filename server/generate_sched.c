@@ -383,7 +383,9 @@ static void release_job(srv_gen_sched *s, int i)
     }
     s->kv_used -= r->kv_tokens;
     s->run_seqs -= r->seqs;
-    s->run[i] = s->run[--s->n_run];
+    /* Closing the gap keeps run[] in the order of admission, which is the
+     * order prefills are served in (srv_gen_sched_step). */
+    memmove(&s->run[i], &s->run[i + 1], (size_t)(--s->n_run - i) * sizeof *s->run);
 }
 
 /* Ends the jobs whose clients left, freeing their caches at once. */
@@ -455,12 +457,16 @@ int srv_gen_sched_step(srv_gen_sched *s, bool (*is_cancelled)(void *owner),
     drop_cancelled(s, is_cancelled, notify, ud);
     int n_rows = 0, T = 0;
     s->off[0] = 0;
-    for (int i = 0; i < s->n_run; i++)
-        for (size_t k = 0; k < s->run[i].job->n; k++) {
-            srv_gen_seq *q = &s->run[i].job->seqs[k];
-            if (q->finish == SRV_FINISH_NONE)
-                add_rows(s, s->run[i].job, q, &n_rows, &T);
-        }
+    /* Prefills first, oldest first: the oldest waiting prompt always fits
+     * (T is 0 for it), so none waits behind decode rows that keep coming;
+     * then every decode row (one token per beam, within the buffers). */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < s->n_run; i++)
+            for (size_t k = 0; k < s->run[i].job->n; k++) {
+                srv_gen_seq *q = &s->run[i].job->seqs[k];
+                if (q->finish == SRV_FINISH_NONE && q->prefilled == (pass == 1))
+                    add_rows(s, s->run[i].job, q, &n_rows, &T);
+            }
     int rc = 0;
     if (n_rows) {
         model_batch b = {.ids = s->ids, .seq_off = s->off, .n_seq = n_rows};

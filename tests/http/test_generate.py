@@ -253,6 +253,47 @@ def generate_step_limits_bound_requests(d):
     eq(len(r.json()), 4, "four answers")
 
 
+SHAKESPEARE = os.path.join(REPO, "models", "demo", "shakespeare-gpt2-small")
+config("tight_step", ["--model", "gpt2=" + SHAKESPEARE, "--max-batch-tokens", "70",
+                      "--threads", "1"])
+
+
+@test(daemon="tight_step")
+def long_prefill_not_starved(d):
+    # A prompt as long as the step's token budget waited for as long as other
+    # sequences kept decoding (their rows came first in the step): five such
+    # prompts, one after another, must all be served while six clients keep
+    # generating.
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        while not stop.is_set():
+            try:
+                post_json(d, "/generate", {"inputs": "ROMEO:", "parameters": {
+                    "max_new_tokens": 250, "do_sample": False}}, timeout=120)
+            except Exception as e:  # reported below
+                errors.append(e)
+                return
+    threads = [threading.Thread(target=churn, daemon=True) for _ in range(6)]
+    for t in threads:  # staggered, so that their generations never end together
+        t.start()
+        time.sleep(0.15)
+    try:
+        series = 'predictd_running_sequences{model="gpt2"}'
+        wait_for("the load running", lambda: (metric(d.metrics(), series) or 0) >= 5, 20)
+        for i in range(5):
+            r = post_json(d, "/generate", {"inputs": " a" * 70, "parameters": {"max_new_tokens": 1}},
+                          timeout=20)
+            eq(r.status, 200, "70-token prompt %d under load (%r)" % (i, r.body[:200]))
+        check(not stop.is_set() and not errors, "the load ran throughout")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    check(not errors, "load clients: %r" % errors[:1])
+
+
 config("gpt2_short", ["--model", "gpt2=" + GPT2, "--max-input-tokens", "4"])
 
 
