@@ -37,10 +37,16 @@ void gen_params_default(gen_params *p)
     };
 }
 
-/* Comparisons are written so that NaN fails them. */
-static bool positive_finite(double x)
+/* Temperature and repetition penalty scale float32 logits (divided or
+ * multiplied): beyond this range a logit overflows to infinity or the value
+ * itself underflows to 0 in float32, and the scores turn to NaN. Real
+ * settings sit near 1. Comparisons are written so that NaN fails them. */
+#define GEN_SCALE_MIN 1e-6
+#define GEN_SCALE_MAX 1e6
+
+static bool scale_in_range(double x)
 {
-    return x > 0 && isfinite(x);
+    return x >= GEN_SCALE_MIN && x <= GEN_SCALE_MAX;
 }
 
 int gen_params_check(const gen_params *p, eng_err *err)
@@ -48,19 +54,20 @@ int gen_params_check(const gen_params *p, eng_err *err)
     if (p->max_new_tokens < 1)
         return eng_err_set(err, ENG_EINVAL, "`max_new_tokens` must be at least 1, got %d",
                            p->max_new_tokens);
-    if (!positive_finite(p->temperature))
+    if (!scale_in_range(p->temperature))
         return eng_err_set(err, ENG_EINVAL,
-                           "`temperature` must be a positive number, got %g (for greedy "
-                           "decoding set `do_sample` to false)", p->temperature);
+                           "`temperature` must be a number from %g to %g, got %g (for greedy "
+                           "decoding set `do_sample` to false)", GEN_SCALE_MIN, GEN_SCALE_MAX,
+                           p->temperature);
     if (p->top_k < 0)
         return eng_err_set(err, ENG_EINVAL, "`top_k` must be 0 (off) or positive, got %d",
                            p->top_k);
     if (!(p->top_p > 0 && p->top_p <= 1))
         return eng_err_set(err, ENG_EINVAL, "`top_p` must be in (0, 1], got %g", p->top_p);
-    if (!positive_finite(p->repetition_penalty))
+    if (!scale_in_range(p->repetition_penalty))
         return eng_err_set(err, ENG_EINVAL,
-                           "`repetition_penalty` must be a positive number, got %g",
-                           p->repetition_penalty);
+                           "`repetition_penalty` must be a number from %g to %g, got %g",
+                           GEN_SCALE_MIN, GEN_SCALE_MAX, p->repetition_penalty);
     if (p->num_beams < 1)
         return eng_err_set(err, ENG_EINVAL, "`num_beams` must be at least 1, got %d",
                            p->num_beams);

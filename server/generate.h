@@ -133,8 +133,9 @@ void srv_gen_sched_free(srv_gen_sched *s);
 
 /* Starts a job if its KV need fits now; returns false (and leaves it) if not. */
 bool srv_gen_sched_admit(srv_gen_sched *s, srv_gen_job *job, void *owner);
-/* Number of running jobs. */
+/* Running jobs, and their sequences (prompts times beams). */
 int srv_gen_sched_running(const srv_gen_sched *s);
+int srv_gen_sched_sequences(const srv_gen_sched *s);
 /* Runs one decoding step for every running job, then notifies: jobs with new
  * tokens (when streaming) and finished jobs. is_cancelled(owner) lets the
  * scheduler drop jobs whose client left. */

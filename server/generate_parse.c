@@ -126,6 +126,9 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
         return bad(err, "top_k", "value_error", "Value out of range", NULL);
     if (beams < 0 || beams > 64)
         return bad(err, "num_beams", "value_error", "Value out of range", NULL);
+    if (seed < 0) /* TGI's seed is unsigned, and reported back as given */
+        return bad(err, "seed", "greater_than_equal", "Input should be greater than or equal to 0",
+                   json_object_get(p, "seed"));
     g->max_new_tokens = (int)max_new;
     g->top_k = (int)top_k;
     g->num_beams = (int)beams;
@@ -267,9 +270,14 @@ static int parse_tgi(const srv_request *in, json_t *root, gen_params *g, srv_gen
         return bad(err, "parameters", "dict_type", "Input should be a valid dictionary", p);
     if (!p)
         return 0;
-    return read_decoding(p, g, job, err) ||
-           read_bool(p, "return_full_text", "return_full_text", &job->return_full_text, err) ||
-           read_bool(p, "details", "details", &job->details, err);
+    if (read_decoding(p, g, job, err) ||
+        read_bool(p, "return_full_text", "return_full_text", &job->return_full_text, err) ||
+        read_bool(p, "details", "details", &job->details, err))
+        return -1;
+    /* TGI samples whenever a warper is set, do_sample or not. */
+    if (g->temperature != 1.0 || g->top_k != 0 || g->top_p < 1.0)
+        g->do_sample = true;
+    return 0;
 }
 
 /* POST /v1/completions. */
@@ -296,7 +304,8 @@ static int parse_openai(const srv_request *in, json_t *root, gen_params *g, srv_
     if (temperature < 0 || temperature > 100)
         return bad(err, "temperature", "value_error", "temperature must be in [0, 100]",
                    json_object_get(root, "temperature"));
-    if (max_tokens < -1 || max_tokens == 0 || max_tokens > 1000000)
+    json_t *given_max = json_object_get(root, "max_tokens");
+    if ((given_max && !json_is_null(given_max) && max_tokens < 1) || max_tokens > 1000000)
         return bad(err, "max_tokens", "value_error", "max_tokens must be a positive integer",
                    json_object_get(root, "max_tokens"));
     g->do_sample = temperature > 0; /* OpenAI: temperature 0 means greedy */
@@ -328,13 +337,25 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
     if (enc.n == 0 && m->eos_id >= 0)
         tok_encoding_push(&enc, m->eos_id, 0, 0, true);
     q->params = *g;
+    /* Each prompt of a list draws its own samples, as one generator over
+     * the batch would give (splitmix64 makes neighbouring seeds unrelated);
+     * a single prompt keeps the seed the client gave. */
+    q->params.seed = g->seed + i;
     q->n_prompt = (int)enc.n;
     q->prompt = enc.ids; /* taken over; the rest of the encoding is freed */
     enc.ids = NULL;
     tok_encoding_free(&enc);
     int limit_new = in->limits && in->limits->max_new_tokens ? in->limits->max_new_tokens : 1024;
-    if (!explicit_max)
-        q->params.max_new_tokens = derived_max_new(m, job->form, q->n_prompt);
+    if (!explicit_max) {
+        /* A default the client never set stays within the server's limits:
+         * the new-token limit, and the KV budget for this prompt's beams. */
+        int want = derived_max_new(m, job->form, q->n_prompt);
+        long budget = in->limits ? in->limits->max_batch_total_tokens : 0;
+        long kv_room = budget ? budget / q->params.num_beams - q->n_prompt : LONG_MAX;
+        want = want < limit_new ? want : limit_new;
+        want = want < kv_room ? want : (int)(kv_room > 1 ? kv_room : 1);
+        q->params.max_new_tokens = want;
+    }
     const char *prompt = prompt_field(job->form), *max_new = max_new_field(job->form);
     if (q->params.max_new_tokens > limit_new) {
         srv_reply_detail(err, 422, "Input validation error: `%s` must be <= %d. Given: %d",

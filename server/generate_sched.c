@@ -101,6 +101,7 @@ void srv_gen_sched_free(srv_gen_sched *s)
 }
 
 int srv_gen_sched_running(const srv_gen_sched *s) { return s->n_run; }
+int srv_gen_sched_sequences(const srv_gen_sched *s) { return s->run_seqs; }
 long srv_gen_sched_kv_used(const srv_gen_sched *s) { return s->kv_used; }
 long srv_gen_sched_kv_capacity(const srv_gen_sched *s) { return s->cfg.max_batch_total_tokens; }
 long srv_gen_sched_generated(const srv_gen_sched *s) { return s->generated; }
@@ -189,20 +190,25 @@ bool srv_gen_sched_admit(srv_gen_sched *s, srv_gen_job *job, void *owner)
 
 /* ---- text and stop sequences ------------------------------------------------------ */
 
-/* Cuts the text at the first stop sequence that ends in the bytes added
- * since old_len; returns true when one did. */
+/* Cuts the text where the earliest stop sequence ending in the bytes added
+ * since old_len starts (whichever of the list it is, as TGI and OpenAI cut);
+ * returns true when one did. */
 static bool find_stop(srv_gen_seq *q, const srv_gen_job *job, size_t old_len)
 {
+    size_t cut = SIZE_MAX;
     for (size_t k = 0; k < job->n_stop; k++) {
         size_t ls = strlen(job->stop[k]);
         size_t from = old_len + 1 > ls ? old_len + 1 - ls : 0;
-        for (size_t p = from; ls && p + ls <= q->text_len; p++)
+        for (size_t p = from; ls && p < cut && p + ls <= q->text_len; p++)
             if (memcmp(q->text + p, job->stop[k], ls) == 0) {
-                q->text_len = p;
-                return true;
+                cut = p;
+                break;
             }
     }
-    return false;
+    if (cut == SIZE_MAX)
+        return false;
+    q->text_len = cut;
+    return true;
 }
 
 /* The bytes that may be shown now: whole UTF-8 characters only, and nothing

@@ -129,9 +129,12 @@ static void handle_completions(void *server, srv_conn *c, void *ctx)
         return;
     }
     char name[80];
-    bool named = srv_json_string_field(root, "model", name, sizeof name);
+    size_t len = 0;
+    bool named = srv_json_string_field(root, "model", name, sizeof name, &len);
     srv_json_free(root);
-    srv_worker *w = named ? srv_server_model(s, name, strlen(name)) : srv_server_model(s, NULL, 0);
+    /* A name cut by the copy (too long, or a NUL in it) names no model. */
+    srv_worker *w = !named ? srv_server_model(s, NULL, 0)
+                    : len == strlen(name) ? srv_server_model(s, name, len) : NULL;
     if (!w) {
         srv_reply_detail(srv_conn_reply(c), 404, "Model '%s' not found", name);
         srv_conn_send(c);

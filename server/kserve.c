@@ -219,11 +219,15 @@ static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
 static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *root, const char *prompt)
 {
     json_t *params = json_object_get(root, "parameters");
+    if (params && !json_is_object(params) && !json_is_null(params)) {
+        v2_error(c, 400, "\"parameters\" must be an object");
+        return;
+    }
     json_t *tgi = json_pack("{s:s, s:o}", "inputs", prompt, "parameters",
                             json_is_object(params) ? json_incref(params) : json_object());
     json_t *p = json_object_get(tgi, "parameters");
-    json_t *max_tokens = json_object_get(p, "max_tokens");
-    if (max_tokens && !json_object_get(p, "max_new_tokens"))
+    json_t *max_tokens = json_object_get(p, "max_tokens"), *max_new = json_object_get(p, "max_new_tokens");
+    if (max_tokens && (!max_new || json_is_null(max_new)))
         json_object_set(p, "max_new_tokens", max_tokens);
     json_object_del(p, "max_tokens");
     char *body = json_dumps(tgi, JSON_COMPACT);

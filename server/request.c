@@ -31,12 +31,13 @@ void srv_json_free(void *root)
     json_decref(root);
 }
 
-bool srv_json_string_field(const void *root, const char *key, char *buf, size_t cap)
+bool srv_json_string_field(const void *root, const char *key, char *buf, size_t cap, size_t *len)
 {
     json_t *v = json_object_get(root, key);
     if (!json_is_string(v))
         return false;
     snprintf(buf, cap, "%s", json_string_value(v));
+    *len = json_string_length(v);
     return true;
 }
 

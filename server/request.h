@@ -51,9 +51,10 @@ int srv_json_body(const srv_request *in, void **root, srv_reply *err);
 /* Frees what srv_json_body returned. */
 void srv_json_free(void *root);
 
-/* Copies the string field key of a parsed object into buf; false when it is
- * absent or not a string. */
-bool srv_json_string_field(const void *root, const char *key, char *buf, size_t cap);
+/* Copies the string field key of a parsed object into buf (cut to fit, and
+ * at a NUL it holds); false when it is absent or not a string. *len is the
+ * string's whole length, so a cut copy can be told from the value. */
+bool srv_json_string_field(const void *root, const char *key, char *buf, size_t cap, size_t *len);
 
 /* Writes the JSON encoding of a jansson value (for the "input" of an error). */
 char *srv_json_dump(const void *value);

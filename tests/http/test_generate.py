@@ -203,13 +203,99 @@ def generate_rejects_bad_parameters(d):
              ({"num_beams": 3, "do_sample": True}, "num_beams"),
              ({"max_new_tokens": 1030}, "max_new_tokens"),
              ({"max_new_tokens": 1023}, "max_new_tokens"),
-             ({"top_k": "x"}, "top_k")]
+             ({"top_k": "x"}, "top_k"),
+             # 0 and a denormal in float32: the scaled logits were inf or NaN
+             # and sampling drew garbage.
+             ({"temperature": 1e-300, "do_sample": True}, "temperature"),
+             ({"temperature": 1e-40, "do_sample": True}, "temperature"),
+             ({"repetition_penalty": 1e-45}, "repetition_penalty"),
+             ({"repetition_penalty": 3e38}, "repetition_penalty"),
+             ({"seed": -5, "do_sample": True}, "seed")]
     for params, field in cases:
         r = post_json(d, "/generate", {"inputs": "Hello there", "parameters": params})
         eq(r.status, 422, "status for %r" % params)
         check(field in r.body.decode(), "the error names %s: %r" % (field, r.body))
+    for body, field in [({"prompt": "Hi", "temperature": 1e-300}, "temperature"),
+                        ({"prompt": "Hi", "max_tokens": -1}, "max_tokens")]:
+        r = post_json(d, "/v1/completions", body)
+        eq(r.status, 422, "status for %r" % body)
+        check(field in r.body.decode(), "the error names %s: %r" % (field, r.body))
+    # A name with a NUL is not the name before it.
+    eq(post_json(d, "/v1/completions", {"model": "gpt2\u0000x", "prompt": "Hi"}).status, 404,
+       "a model name with a NUL")
     r = post_json(d, "/generate", {"inputs": "x " * 1100, "parameters": {"max_new_tokens": 10}})
     eq(r.status, 422, "a prompt over the context")
+
+
+@test(daemon="gpt2")
+def generate_sampling_and_stops(d):
+    # Each prompt of a list samples on its own (they all drew the same
+    # sample); the first keeps the seed's single-prompt answer.
+    params = {"do_sample": True, "seed": 3, "max_new_tokens": 12}
+    texts = [a["generated_text"] for a in post_json(
+        d, "/predict", {"inputs": ["The"] * 4, "parameters": params}).json()]
+    check(len(set(texts)) > 1, "four samples of one prompt differ: %r" % texts)
+    alone = post_json(d, "/predict", {"inputs": "The", "parameters": params}).json()
+    eq(texts[0], alone[0]["generated_text"], "the first prompt's sample is the seed's")
+    # TGI samples when a warper is set, do_sample or not.
+    warm = {"temperature": 0.7, "seed": 5, "max_new_tokens": 12}
+    eq(post_json(d, "/generate", {"inputs": "The", "parameters": warm}).json(),
+       post_json(d, "/generate", {"inputs": "The", "parameters": dict(warm, do_sample=True)}).json(),
+       "temperature alone samples, as TGI does")
+    # The earliest stop cuts, whatever the list's order: " orchestra" holds
+    # "c" before "h".
+    for stop in (["h", "c"], ["c", "h"]):
+        expect(post_json(d, "/generate", {"inputs": "Hello", "parameters": {
+            "max_new_tokens": 5, "stop": stop}}), 200, '{"generated_text":" or"}')
+
+
+@test(daemon="gpt2")
+def generate_running_sequences_counts_beams(d):
+    # The gauge counted jobs: two prompts of two beams each are four.
+    s = connect(d.port)
+    body = json.dumps({"inputs": ["Once upon a time", "Hello"], "parameters": {
+        "max_new_tokens": 900, "num_beams": 2, "do_sample": False}}).encode()
+    s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    series = 'predictd_running_sequences{model="gpt2"}'
+    wait_for("four running sequences", lambda: metric(d.metrics(), series) == 4, 10)
+    s.close()
+    wait_for(series + " back to 0", lambda: metric(d.metrics(), series) == 0, 10)
+
+
+@test(daemon="gpt2")
+def kserve_v2_generation_parameters(d):
+    def infer(params):
+        body = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES",
+                            "data": ["Hello"]}]}
+        if params is not None:
+            body["parameters"] = params
+        return post_json(d, "/v2/models/gpt2/infer", body)
+    r = infer("abc")
+    eq(r.status, 400, "parameters that are not an object")
+    check("error" in r.json(), "in the protocol's shape: %r" % r.body)
+    want = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 3}})
+    got = infer({"max_tokens": 3, "max_new_tokens": None})
+    eq(got.status, 200, "max_tokens beside a null max_new_tokens")
+    eq(got.json()["outputs"][0]["data"], [want.json()["generated_text"]], "three tokens")
+
+
+config("gpt2_limited", ["--model", "gpt2=" + GPT2, "--max-new-tokens-limit", "10",
+                        "--max-batch-total-tokens", "40"])
+
+
+@test(daemon="gpt2_limited")
+def generate_defaults_within_limits(d):
+    # Defaults the client never set (TGI's 100 new tokens, OpenAI's 16) were
+    # refused as if asked for; they are capped to the server's limits.
+    r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"details": True}})
+    eq(r.status, 200, "TGI's default over --max-new-tokens-limit (%r)" % r.body[:200])
+    eq(r.json()["details"]["generated_tokens"], 10, "capped at the limit")
+    r = post_json(d, "/v1/completions", {"prompt": " a" * 35})  # 35 tokens
+    eq(r.status, 200, "OpenAI's default over the KV budget (%r)" % r.body[:200])
+    eq(r.json()["usage"]["completion_tokens"], 5, "capped at the 40-token budget")
+    r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 11}})
+    eq(r.status, 422, "asked for, over the limit")
 
 
 config("gpt2_small_kv", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "64"])

@@ -156,7 +156,7 @@ TEST(decode_params_check_names_each_bad_field)
     struct {
         const char *field;
         gen_params p;
-    } bad[20];
+    } bad[32];
     int n = 0;
 #define BAD(name, stmt)                                                                    \
     do {                                                                                   \
@@ -169,12 +169,17 @@ TEST(decode_params_check_names_each_bad_field)
     BAD("`temperature`", q->temperature = 0);
     BAD("`temperature`", q->temperature = -1);
     BAD("`temperature`", q->temperature = NAN);
+    BAD("`temperature`", q->temperature = 1e-300); /* 0 in float32: logits / 0 */
+    BAD("`temperature`", q->temperature = 1e-40);  /* a float32 denormal */
+    BAD("`temperature`", q->temperature = 1e7);
     BAD("`top_k`", q->top_k = -1);
     BAD("`top_p`", q->top_p = 0);
     BAD("`top_p`", q->top_p = 1.5);
     BAD("`top_p`", q->top_p = NAN);
     BAD("`repetition_penalty`", q->repetition_penalty = 0);
     BAD("`repetition_penalty`", q->repetition_penalty = INFINITY);
+    BAD("`repetition_penalty`", q->repetition_penalty = 1e-45);
+    BAD("`repetition_penalty`", q->repetition_penalty = 3e38);
     BAD("`num_beams`", q->num_beams = 0);
     BAD("`do_sample`", (q->num_beams = 2, q->do_sample = true));
     BAD("`length_penalty`", q->length_penalty = NAN);

@@ -179,8 +179,8 @@ static void serve_one(model *m, const char *name, const srv_limits *limits, clie
 /* fuzz_route, corpus/route/regress_v2_generate_leak: a KServe v2 generation
  * request without a "parameters" object leaked the empty object kserve.c
  * made in its place (json_pack "O" took a second reference to a new object).
- * The request is refused by srv_gen_parse (max_new_tokens over the limit),
- * so that it is answered without a worker; LeakSanitizer (make asan-test)
+ * The request is refused by srv_gen_parse (its prompt over the input-token
+ * limit), so that it is answered without a worker; LeakSanitizer (make asan-test)
  * reports the leak at exit if it comes back. */
 TEST(fuzz_v2_generate_without_parameters)
 {
@@ -198,9 +198,10 @@ TEST(fuzz_v2_generate_without_parameters)
              "Content-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
              strlen(body), body);
     client cl = {.req = req};
-    srv_limits limits = {.max_client_batch = 32, .max_new_tokens = 1, .max_batch_total_tokens = 16384};
+    srv_limits limits = {.max_client_batch = 32, .max_input_tokens = 1, .max_new_tokens = 1024,
+                         .max_batch_total_tokens = 16384};
     serve_one(m, "gpt2", &limits, &cl);
     CHECK_MSG(strncmp(cl.answer, "HTTP/1.1 400", 12) == 0, "answer: %.200s", cl.answer);
-    CHECK(strstr(cl.answer, "{\"error\":") && strstr(cl.answer, "max_new_tokens"));
+    CHECK(strstr(cl.answer, "{\"error\":") && strstr(cl.answer, "at most 1 tokens"));
     model_free(m);
 }
