@@ -86,6 +86,7 @@ typedef struct srv_gen_job {
     bool finished;         /* the worker is done with it */
     int sent_tokens;       /* loop thread: tokens already streamed (seq 0) */
     size_t sent_bytes;     /* loop thread: text bytes already streamed (seq 0) */
+    bool echo_sent;        /* loop thread: an OpenAI stream's echoed prompt is out */
 } srv_gen_job;
 
 /* Parses a request of the given form for model m. Returns 0, or -1 with the

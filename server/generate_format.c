@@ -268,6 +268,12 @@ bool srv_gen_stream_events(const model *m, srv_gen_job *job, srv_buf *out)
     pthread_mutex_lock(&job->lock);
     srv_gen_seq *q = &job->seqs[0];
     bool done = q->finish != SRV_FINISH_NONE;
+    if (job->form == SRV_GEN_OPENAI && job->return_full_text && !job->echo_sent) {
+        /* "echo": the prompt is the stream's first text, as whole answers
+         * start with it. */
+        openai_chunk(job, job->prompt_text[0], job->prompt_text_len[0], NULL, out);
+        job->echo_sent = true;
+    }
     if (q->finish == SRV_FINISH_ERROR)
         srv_gen_stream_error(job->form, "generation failed", "generation", out);
     for (int i = job->sent_tokens; i < q->n_tokens && q->finish != SRV_FINISH_ERROR; i++) {

@@ -101,6 +101,12 @@ def generate_openai_completions(d):
     eq(evs[-1], "[DONE]", "the stream ends with [DONE]")
     text = "".join(json.loads(e)["choices"][0]["text"] for e in evs[:-1])
     eq(text, got["choices"][0]["text"], "streamed text")
+    # "echo" puts the prompt first, streamed or not.
+    echo = {"prompt": "The", "max_tokens": 5, "temperature": 0, "echo": True}
+    whole = post_json(d, "/v1/completions", echo).json()["choices"][0]["text"]
+    eq(whole, "The" + got["choices"][0]["text"], "echoed answer")
+    evs = events(post_json(d, "/v1/completions", dict(echo, stream=True)).body)
+    eq("".join(json.loads(e)["choices"][0]["text"] for e in evs[:-1]), whole, "echoed stream")
     expect(post_json(d, "/v1/completions", {"model": "nope", "prompt": "x"}), 404,
            '{"detail":"Model \'nope\' not found"}')
     # Its 422s name its own fields.
