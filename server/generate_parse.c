@@ -265,6 +265,10 @@ static int parse_tgi(const srv_request *in, json_t *root, gen_params *g, srv_gen
         return bad(err, "inputs", "string_type", "Input should be a valid string", inputs);
     if (read_prompt_field(inputs, "inputs", in, job, err))
         return -1;
+    if (job->prompt_text_len[0] == 0) { /* TGI has no unconditional generation */
+        srv_reply_detail(err, 422, "Input validation error: `inputs` cannot be empty");
+        return -1;
+    }
     json_t *p = json_object_get(root, "parameters");
     if (p && !json_is_object(p) && !json_is_null(p))
         return bad(err, "parameters", "dict_type", "Input should be a valid dictionary", p);

@@ -226,6 +226,10 @@ def generate_rejects_bad_parameters(d):
         r = post_json(d, "/v1/completions", body)
         eq(r.status, 422, "status for %r" % body)
         check(field in r.body.decode(), "the error names %s: %r" % (field, r.body))
+    expect(post_json(d, "/generate", {"inputs": ""}), 422,
+           '{"detail":"Input validation error: `inputs` cannot be empty"}')
+    eq(post_json(d, "/v1/completions", {"prompt": "", "max_tokens": 2}).status, 200,
+       "OpenAI generates from an empty prompt")
     # A name with a NUL is not the name before it.
     eq(post_json(d, "/v1/completions", {"model": "gpt2\u0000x", "prompt": "Hi"}).status, 404,
        "a model name with a NUL")
