@@ -51,6 +51,13 @@ typedef struct gen_params {
  * (HF's default is max_length 20 counting the prompt) and no EOS. */
 void gen_params_default(gen_params *p);
 
+/* The sequences one prompt runs as: its beams, or 1 when it samples or is
+ * greedy (num_beams 0 is refused by gen_params_check, not divided by). */
+static inline int gen_beam_count(const gen_params *p)
+{
+    return p->num_beams > 1 ? p->num_beams : 1;
+}
+
 /* Checks every field's range. Returns 0, or ENG_EINVAL with a message naming
  * the field as the request calls it, e.g. "`top_p` must be in (0, 1], got 1.5". */
 int gen_params_check(const gen_params *p, eng_err *err);

@@ -124,7 +124,7 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
         return bad(err, "max_new_tokens", "value_error", "Value out of range", NULL);
     if (top_k < 0 || top_k > 1000000000)
         return bad(err, "top_k", "value_error", "Value out of range", NULL);
-    if (beams < 0 || beams > 64)
+    if (beams < 1 || beams > 64)
         return bad(err, "num_beams", "value_error", "Value out of range", NULL);
     if (seed < 0) /* TGI's seed is unsigned, and reported back as given */
         return bad(err, "seed", "greater_than_equal", "Input should be greater than or equal to 0",
@@ -352,10 +352,12 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
     int limit_new = in->limits && in->limits->max_new_tokens ? in->limits->max_new_tokens : 1024;
     if (!explicit_max) {
         /* A default the client never set stays within the server's limits:
-         * the new-token limit, and the KV budget for this prompt's beams. */
+         * the new-token limit, and this prompt's share of the KV budget
+         * (the job's prompts split it evenly, each for all its beams). */
         int want = derived_max_new(m, job->form, q->n_prompt);
         long budget = in->limits ? in->limits->max_batch_total_tokens : 0;
-        long kv_room = budget ? budget / q->params.num_beams - q->n_prompt : LONG_MAX;
+        long share = (long)gen_beam_count(&q->params) * (long)job->n;
+        long kv_room = budget ? budget / share - q->n_prompt : LONG_MAX;
         want = want < limit_new ? want : limit_new;
         want = want < kv_room ? want : (int)(kv_room > 1 ? kv_room : 1);
         q->params.max_new_tokens = want;
@@ -466,7 +468,7 @@ size_t srv_gen_job_seqs(const srv_gen_job *job)
 {
     size_t seqs = 0;
     for (size_t i = 0; i < job->n; i++)
-        seqs += job->seqs[i].params.num_beams > 1 ? (size_t)job->seqs[i].params.num_beams : 1;
+        seqs += (size_t)gen_beam_count(&job->seqs[i].params);
     return seqs;
 }
 
@@ -475,8 +477,8 @@ size_t srv_gen_job_kv_tokens(const srv_gen_job *job)
     size_t need = 0;
     for (size_t i = 0; i < job->n; i++) {
         const srv_gen_seq *q = &job->seqs[i];
-        size_t beams = q->params.num_beams > 1 ? (size_t)q->params.num_beams : 1;
-        need += beams * (size_t)(q->n_prompt + (q->params.max_new_tokens > 0 ? q->params.max_new_tokens : 0));
+        size_t new_tokens = q->params.max_new_tokens > 0 ? (size_t)q->params.max_new_tokens : 0;
+        need += (size_t)gen_beam_count(&q->params) * ((size_t)q->n_prompt + new_tokens);
     }
     return need;
 }

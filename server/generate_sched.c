@@ -127,7 +127,7 @@ static void seq_release(srv_gen_seq *q)
 
 static int seq_setup(const srv_gen_sched *s, srv_gen_seq *q)
 {
-    int nb = q->params.num_beams > 1 ? q->params.num_beams : 1, cap = capacity_of(q);
+    int nb = gen_beam_count(&q->params), cap = capacity_of(q);
     size_t max_new = (size_t)q->params.max_new_tokens;
     q->n_beams = nb;
     q->kv = calloc((size_t)nb, sizeof *q->kv);

@@ -216,7 +216,8 @@ def generate_rejects_bad_parameters(d):
              ({"temperature": 1e-40, "do_sample": True}, "temperature"),
              ({"repetition_penalty": 1e-45}, "repetition_penalty"),
              ({"repetition_penalty": 3e38}, "repetition_penalty"),
-             ({"seed": -5, "do_sample": True}, "seed")]
+             ({"seed": -5, "do_sample": True}, "seed"),
+             ({"num_beams": 0}, "num_beams")]  # once divided by: SIGFPE
     for params, field in cases:
         r = post_json(d, "/generate", {"inputs": "Hello there", "parameters": params})
         eq(r.status, 422, "status for %r" % params)
@@ -306,6 +307,9 @@ def generate_defaults_within_limits(d):
     eq(r.json()["usage"]["completion_tokens"], 5, "capped at the 40-token budget")
     r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 11}})
     eq(r.status, 422, "asked for, over the limit")
+    # A list's prompts share the budget: two defaults fit in it together.
+    r = post_json(d, "/predict", {"inputs": ["Hi", "Hello"], "parameters": {"do_sample": False}})
+    eq(r.status, 200, "two prompts' defaults in the 40-token budget (%r)" % r.body[:200])
 
 
 config("gpt2_small_kv", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "64"])
