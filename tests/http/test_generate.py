@@ -307,8 +307,9 @@ def generate_defaults_within_limits(d):
     eq(r.json()["usage"]["completion_tokens"], 5, "capped at the 40-token budget")
     r = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 11}})
     eq(r.status, 422, "asked for, over the limit")
-    # A list's prompts share the budget: two defaults fit in it together.
-    r = post_json(d, "/predict", {"inputs": ["Hi", "Hello"], "parameters": {"do_sample": False}})
+    # A list's prompts share the budget: two 15-token prompts get 5 new
+    # tokens each (10 each once overran the 40-token budget together).
+    r = post_json(d, "/predict", {"inputs": [" a" * 15] * 2, "parameters": {"do_sample": False}})
     eq(r.status, 200, "two prompts' defaults in the 40-token budget (%r)" % r.body[:200])
 
 
