@@ -292,7 +292,7 @@ static void shell_quote(const char *s, char *out, size_t cap)
  * model's, which predictd then refuses). */
 static int refuse_pickle(const char *dir, eng_err *err)
 {
-    char quoted[PATH_MAX + 64];
+    char quoted[4 * PATH_MAX + 3]; /* each ' becomes four bytes */
     shell_quote(dir, quoted, sizeof quoted);
     return eng_err_set(err, ENG_EUNSUPPORTED,
         "%s: found pytorch_model.bin but no model.safetensors; predictd reads only safetensors "

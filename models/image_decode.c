@@ -127,7 +127,6 @@ static void png_setup(png_ctx *c)
     int interlace;
     png_get_IHDR(c->png, c->info, &c->w, &c->h, &c->bit_depth, &c->color_type, &interlace,
                  NULL, NULL);
-    c->channels = png_get_channels(c->png, c->info);
     c->rc = rgb_alloc(c->out, c->w, c->h, c->max_pixels, "PNG", c->err);
     if (c->rc)
         png_longjmp(c->png, 1);

@@ -862,10 +862,8 @@ static int encode_with(const tok_tokenizer *t, const char *text, size_t len,
     if (max_len && max_len < (size_t)open + close)
         return eng_err_set(err, ENG_EINVAL, "max_len %zu leaves no room for the special tokens",
                            max_len);
-    /* With count_max, reading stops once n_untruncated (out->n + close) passes it. */
-    bpe_scratch sc = {.ref = ref, .stop = SIZE_MAX};
-    if (opts && opts->count_max)
-        sc.stop = opts->count_max + 1 > (size_t)close ? opts->count_max + 1 - close : 1;
+    /* out holds the opening token too; the closing one comes after. */
+    bpe_scratch sc = {.ref = ref, .stop = tok__count_stop(opts, close)};
     int rc = open ? tok_encoding_push(out, t->bos_id, 0, 0, true) : 0;
     if (!rc)
         rc = encode_text(b, text, len, &sc, out);

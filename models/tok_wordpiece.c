@@ -474,10 +474,10 @@ static void drop_marks(wp_buf *b)
 
 /* -------------------------------------------------------------- WordPiece */
 
-/* Counts a piece and stores it unless truncation has cut it; id -1 is [UNK]. */
 /* Not an error: emit's way to stop the scan once count_max is passed. */
 #define WP_ENOUGH 1
 
+/* Counts a piece and stores it unless truncation has cut it; id -1 is [UNK]. */
 static int emit(wp_run *r, int32_t id, uint32_t beg, uint32_t end)
 {
     id = id >= 0 ? id : r->t->base.unk_id;
@@ -742,11 +742,10 @@ static int wp_encode(const tok_tokenizer *tt, const char *text, size_t len,
     if (special && max_len == 1)
         return eng_err_set(err, ENG_EINVAL, "max_len 1 leaves no room for [CLS] and [SEP]");
 
-    wp_run r = {.t = t, .out = out, .keep = SIZE_MAX, .stop = SIZE_MAX, .err = err};
+    wp_run r = {.t = t, .out = out, .keep = SIZE_MAX, .err = err};
     if (max_len)
         r.keep = special ? max_len - 2 : max_len;
-    if (opts && opts->count_max) /* n_untruncated = count + 2 with the special tokens */
-        r.stop = opts->count_max + 1 > (special ? 2u : 0u) ? opts->count_max + 1 - (special ? 2 : 0) : 1;
+    r.stop = tok__count_stop(opts, special ? 2 : 0); /* [CLS] and [SEP] count too */
     int rc = 0;
     if (special && tok_encoding_push(out, t->special_id[WP_CLS], 0, 0, true))
         rc = eng_err_set(err, ENG_ENOMEM, "out of memory storing tokens");

@@ -101,3 +101,10 @@ size_t tok_utf8_complete_prefix(const char *s, size_t len)
         return i - 1; /* the character starting at i-1 is not whole yet */
     return len;
 }
+
+size_t tok__count_stop(const tok_encode_opts *opts, size_t n_fixed)
+{
+    if (!opts || !opts->count_max)
+        return SIZE_MAX;
+    return opts->count_max + 1 > n_fixed ? opts->count_max + 1 - n_fixed : 1;
+}

@@ -39,8 +39,9 @@ typedef struct tok_encode_opts {
                          closing special token; n_untruncated tells what was cut */
     size_t count_max; /* 0: count every token; else stop reading the text once
                          n_untruncated passes count_max (it is then a lower
-                         bound): the work is bounded by the tokens wanted, not
-                         by the text's length (one huge word still costs its size) */
+                         bound): the splitting and merging stop there (UTF-8
+                         validation and CLIP's normalisation still pass over
+                         the whole text, and one huge word costs its size) */
 } tok_encode_opts;
 
 typedef struct tok_tokenizer tok_tokenizer;
@@ -85,5 +86,10 @@ size_t tok_utf8_complete_prefix(const char *s, size_t len);
 /* Returns the offset of the first invalid UTF-8 byte in s[0..len), or len when
  * all of it is valid (overlongs, surrogates and values past U+10FFFF are invalid). */
 size_t tok_utf8_validate(const char *s, size_t len);
+
+/* For tokenizers: how many tokens of their own (beyond the n_fixed special
+ * ones they add) may be counted before reading stops, for opts->count_max
+ * (0: no stop, SIZE_MAX). */
+size_t tok__count_stop(const tok_encode_opts *opts, size_t n_fixed);
 
 #endif

@@ -11,7 +11,11 @@
 #include "server/multipart.h"
 
 #define DEFAULT_TEMPLATE "This is a photo of {}."
-#define MAX_LABELS 256 /* above --max-client-batch-size when that is raised */
+/* A hard cap on candidate labels, whatever --max-client-batch-size says: it
+ * sizes the callers' arrays, which hold the first MAX_LABELS labels while
+ * counting them all, and read_labels refuses a count over it before
+ * reading any. */
+#define MAX_LABELS 256
 
 static int bad(srv_reply *err, const char *field, const char *type, const char *msg, json_t *input)
 {
@@ -184,11 +188,17 @@ static char *fill_template(const char *tmpl, size_t tmpl_len, const char *label,
     return s;
 }
 
-/* Candidate labels: a list, or one comma-separated string (the form field). */
+/* Candidate labels, from a list or one comma-separated string (the form
+ * field): n counted, the first MAX_LABELS of them in labels/lens; tmpl NULL
+ * is the pipeline's default template. */
 static int read_labels(const model *m, srv_clip_req *req, const char *const *labels,
                        const size_t *lens, size_t n, const char *tmpl, size_t tmpl_len,
                        const srv_request *in, srv_reply *err)
 {
+    if (!tmpl) {
+        tmpl = DEFAULT_TEMPLATE;
+        tmpl_len = strlen(DEFAULT_TEMPLATE);
+    }
     size_t limit = max_items(in) < MAX_LABELS ? max_items(in) : MAX_LABELS;
     if (n == 0) {
         srv_reply_invalid(err, "list_type", "body", "candidate_labels",
@@ -267,8 +277,8 @@ static int parse_zero_shot_json(const model *m, json_t *root, const srv_request 
     req->form = SRV_CLIP_ZERO_SHOT;
     if (alloc_images(req, 1, err) || add_image_b64(req, json_object_get(root, "inputs"), "inputs", in, err))
         return -1;
-    return read_labels(m, req, names, lens, n, tmpl ? json_string_value(tmpl) : DEFAULT_TEMPLATE,
-                       tmpl ? json_string_length(tmpl) : strlen(DEFAULT_TEMPLATE), in, err);
+    return read_labels(m, req, names, lens, n, json_string_value(tmpl), json_string_length(tmpl),
+                       in, err);
 }
 
 static bool truncate_flag(json_t *root)
@@ -338,8 +348,7 @@ static int parse_multipart(const model *m, const srv_request *in, srv_clip_req *
     if (!rc)
         rc = read_labels(m, req, names, lens,
                          split_labels((const char *)labels->data, labels->len, names, lens, MAX_LABELS),
-                         tmpl ? (const char *)tmpl->data : DEFAULT_TEMPLATE,
-                         tmpl ? tmpl->len : strlen(DEFAULT_TEMPLATE), in, err);
+                         tmpl ? (const char *)tmpl->data : NULL, tmpl ? tmpl->len : 0, in, err);
     srv_multipart_free(&mp);
     return rc ? -1 : 0;
 }

@@ -457,6 +457,18 @@ static void notify_jobs(srv_gen_sched *s, srv_gen_notify_fn notify, void *ud)
     }
 }
 
+/* Adds the rows of the unfinished sequences that are (or are not yet)
+ * prefilled, in the order their jobs were admitted. */
+static void add_pending_rows(srv_gen_sched *s, bool prefilled, int *n_rows, int *T)
+{
+    for (int i = 0; i < s->n_run; i++)
+        for (size_t k = 0; k < s->run[i].job->n; k++) {
+            srv_gen_seq *q = &s->run[i].job->seqs[k];
+            if (q->finish == SRV_FINISH_NONE && q->prefilled == prefilled)
+                add_rows(s, s->run[i].job, q, n_rows, T);
+        }
+}
+
 int srv_gen_sched_step(srv_gen_sched *s, bool (*is_cancelled)(void *owner),
                        srv_gen_notify_fn notify, void *ud, eng_err *err)
 {
@@ -466,13 +478,8 @@ int srv_gen_sched_step(srv_gen_sched *s, bool (*is_cancelled)(void *owner),
     /* Prefills first, oldest first: the oldest waiting prompt always fits
      * (T is 0 for it), so none waits behind decode rows that keep coming;
      * then every decode row (one token per beam, within the buffers). */
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < s->n_run; i++)
-            for (size_t k = 0; k < s->run[i].job->n; k++) {
-                srv_gen_seq *q = &s->run[i].job->seqs[k];
-                if (q->finish == SRV_FINISH_NONE && q->prefilled == (pass == 1))
-                    add_rows(s, s->run[i].job, q, &n_rows, &T);
-            }
+    add_pending_rows(s, false, &n_rows, &T);
+    add_pending_rows(s, true, &n_rows, &T);
     int rc = 0;
     if (n_rows) {
         model_batch b = {.ids = s->ids, .seq_off = s->off, .n_seq = n_rows};

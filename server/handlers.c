@@ -384,11 +384,9 @@ static void refuse_key(srv_conn *c)
     r->challenge = "Bearer";
 }
 
-/* Finds the request's route and checks all that its headers decide: path,
- * method, API key, the model named. Returns true with the route's context
- * attached to the connection, or false with the refusal in its reply. */
-static bool route_request(srv_server *s, srv_conn *c)
+bool srv_route_request(void *server, srv_conn *c)
 {
+    srv_server *s = server;
     const char *method = srv_conn_method(c), *path = srv_conn_path(c), *param = NULL;
     size_t param_len = 0;
     bool path_known = false;
@@ -421,11 +419,6 @@ static bool route_request(srv_server *s, srv_conn *c)
     else
         srv_reply_detail(srv_conn_reply(c), 404, "Not Found");
     return false;
-}
-
-bool srv_screen_request(void *server, srv_conn *c)
-{
-    return !route_request(server, c);
 }
 
 void srv_handle_request(void *server, srv_conn *c)

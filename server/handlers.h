@@ -7,10 +7,12 @@
 
 #include "server/http.h"
 
-/* srv_http_hooks.screen: routes the request from its headers (path, method,
- * API key, model); true when it is refused, its answer in the reply. */
-bool srv_screen_request(void *server, srv_conn *c);
-/* srv_http_hooks.dispatch: runs the screened request's handler. */
+/* srv_http_hooks.route: finds the request's route and checks all that its
+ * headers decide (path, method, API key, the model named). Returns true with
+ * the route's context attached to the connection, or false with the
+ * refusal in its reply. */
+bool srv_route_request(void *server, srv_conn *c);
+/* srv_http_hooks.dispatch: runs the routed request's handler. */
 void srv_handle_request(void *server, srv_conn *c);
 /* srv_http_hooks.completed: the access log line and request metrics. */
 void srv_request_completed(void *server, srv_conn *c);

@@ -518,7 +518,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
                           h->cfg.max_body_bytes);
         /* Refused by its headers (say, no API key): answered before any of
          * the body is buffered, so such clients cannot hold our memory. */
-        if (h->hooks.screen(h->hooks.ud, c))
+        if (!h->hooks.route(h->hooks.ud, c))
             return queue_reply(c);
         return MHD_YES;
     }

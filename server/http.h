@@ -36,10 +36,11 @@ typedef struct srv_http_cfg {
 
 typedef struct srv_http_hooks {
     /* Called once per request when its headers are in, before any of its
-     * body is read: returns true when it refuses the request, having written
-     * the answer into srv_conn_reply (the body is then never taken in). */
-    bool (*screen)(void *ud, srv_conn *c);
-    /* Called once per request, screened, with its body complete. */
+     * body is read: returns false when it refuses the request, having
+     * written the answer into srv_conn_reply (the body is then never taken
+     * in). */
+    bool (*route)(void *ud, srv_conn *c);
+    /* Called once per routed request, with its body complete. */
     void (*dispatch)(void *ud, srv_conn *c);
     /* Called when a request is finished (answered or abandoned), for the
      * access log and metrics; the connection is freed right after. */

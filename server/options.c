@@ -141,7 +141,8 @@ static const opt_def opt_table[] = {
      .flags = OPT_API_KEY,
      .help = "Read the API key from FILE."},
     {.name = "protect-ops", AS_BOOL(protect_ops), .def = "false",
-     .help = "Require the key on /health, /metrics and /v2/health/* too."},
+     .help = "Require the key on the probes too: /health, /metrics and the v2 health\n"
+             "and ready routes (the route table's ops column)."},
 };
 
 #define N_OPTS (sizeof opt_table / sizeof opt_table[0])
@@ -195,8 +196,9 @@ typedef struct opt_load {
     int key_rank;    /* the rank of the source the API key (or its file) came from */
 } opt_load;
 
-/* One source being applied. The rank orders sources for `model`, whose list is
- * replaced whole by the first model a higher source gives. */
+/* One source being applied. The rank orders sources for the settings a
+ * higher source replaces whole: `model`'s list (by the first model it
+ * gives) and the API key with its file (see api_key_switch_source). */
 enum { RANK_DEFAULT, RANK_FILE, RANK_ENV, RANK_CLI };
 
 typedef struct opt_src {
@@ -316,6 +318,19 @@ static int parse_enum(const opt_def *d, const char *text, void *field, opt_src *
     return 0;
 }
 
+/* A key or key file from a higher source replaces a lower one's key and
+ * key file; both from one source is an error (srv_auth_init). */
+static void api_key_switch_source(opt_src *s)
+{
+    if (s->ld->key_rank == s->rank)
+        return;
+    srv_options *o = s->ld->o;
+    free(o->api_key);
+    free(o->api_key_file);
+    o->api_key = o->api_key_file = NULL;
+    s->ld->key_rank = s->rank;
+}
+
 static int parse_string(const opt_def *d, const char *text, void *field, opt_src *s)
 {
     char **p = field;
@@ -324,15 +339,8 @@ static int parse_string(const opt_def *d, const char *text, void *field, opt_src
         return src_fail(s, ENG_EINVAL, "must not be empty");
     if (len > (size_t)d->max)
         return src_fail(s, ENG_EINVAL, "longer than %lld bytes", d->max);
-    if ((d->flags & OPT_API_KEY) && s->ld->key_rank != s->rank) {
-        /* A key from a higher source replaces a lower one's key or key
-         * file; both from one source is an error (srv_auth_init). */
-        srv_options *o = s->ld->o;
-        free(o->api_key);
-        free(o->api_key_file);
-        o->api_key = o->api_key_file = NULL;
-        s->ld->key_rank = s->rank;
-    }
+    if (d->flags & OPT_API_KEY)
+        api_key_switch_source(s);
     char *copy = len ? strdup(text) : NULL;
     if (len && !copy)
         return src_fail(s, ENG_ENOMEM, "out of memory");

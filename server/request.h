@@ -28,9 +28,10 @@ typedef struct srv_limits {
 int srv_limits_input_tokens(const srv_limits *lim, int model_max);
 
 /* Tokenizing a text whose limit is max stops past srv_count_max(max) tokens
- * (tok_encode_opts.count_max), so no text costs the loop thread more than
- * that, whatever its length: a 422 names the exact count up to 4x the limit,
- * and "more than" past it (srv_tokens_given writes either into buf). */
+ * (tok_encode_opts.count_max), so a long text costs the loop thread a pass
+ * over its bytes, not a tokenization of all of them: a 422 names the exact
+ * count up to 4x the limit, and "more than" past it (srv_tokens_given
+ * writes either into buf). */
 size_t srv_count_max(size_t max);
 const char *srv_tokens_given(size_t n, size_t count_max, char buf[32]);
 

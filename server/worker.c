@@ -331,10 +331,10 @@ static void run_generate(srv_worker *w)
     while (admit(w, sched)) {
         long before = srv_gen_sched_generated(sched);
         double t0 = mono_now();
-        int running = srv_gen_sched_sequences(sched);
+        int seqs = srv_gen_sched_sequences(sched);
         if (srv_gen_sched_step(sched, job_cancelled, job_news, w, &err))
             srv_error("model %s: %s", w->name, err.msg);
-        srv_metrics_batch(w->hooks.metrics, w->name, running, 0, mono_now() - t0);
+        srv_metrics_batch(w->hooks.metrics, w->name, seqs, 0, mono_now() - t0);
         srv_metrics_generation(w->hooks.metrics, w->name, (int)(srv_gen_sched_generated(sched) - before),
                                srv_gen_sched_sequences(sched), srv_gen_sched_kv_used(sched),
                                srv_gen_sched_kv_capacity(sched));

@@ -1,5 +1,5 @@
 /* Request routing and handling without sockets: server/handlers.c's
- * srv_screen_request and srv_handle_request (route matching, 404/405 and
+ * srv_route_request and srv_handle_request (route matching, 404/405 and
  * Allow, API-key checks, the per-model lookup, query and body handling of
  * every endpoint, KServe v2 in server/kserve.c) on fuzzed requests, through
  * a link-time seam.
@@ -284,7 +284,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (parse_request(text, in.n, &c)) {
         /* As server/http.c does: a request refused by its headers is
          * answered from the reply, without the handler's send. */
-        if (srv_screen_request(&s, &c)) {
+        if (!srv_route_request(&s, &c)) {
             FUZZ_CHECK(c.reply.status >= 400 && c.sends == 0);
         } else {
             srv_handle_request(&s, &c);

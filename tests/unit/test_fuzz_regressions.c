@@ -157,7 +157,7 @@ static void serve_one(model *m, const char *name, const srv_limits *limits, clie
     srv_http *h = NULL;
     srv_http_cfg cfg = {.host = "127.0.0.1", .port = 0, .max_connections = 4, .timeout_s = 10,
                         .max_header_bytes = 16384, .max_body_bytes = 1 << 20};
-    srv_http_hooks hooks = {.screen = srv_screen_request, .dispatch = srv_handle_request,
+    srv_http_hooks hooks = {.route = srv_route_request, .dispatch = srv_handle_request,
                             .completed = srv_request_completed, .ud = &s};
     eng_err err = {0};
     CHECK_MSG(srv_http_start(&h, &loop, &cfg, &hooks, &err) == 0, "%s", err.msg);
