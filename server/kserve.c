@@ -39,11 +39,11 @@ static void send_as_v2(srv_conn *c)
     srv_reply *r = srv_conn_reply(c);
     json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, NULL);
     json_t *detail = json_object_get(body, "detail");
-    json_t *item = json_array_get(detail, 0);
-    const char *msg = json_is_string(detail) ? json_string_value(detail)
-                      : json_is_string(json_object_get(item, "msg")) ? json_string_value(json_object_get(item, "msg"))
-                                                                     : "invalid request";
+    json_t *item = json_array_get(detail, 0); /* pydantic's list: its first error */
+    const char *msg = json_string_value(json_is_string(detail) ? detail : json_object_get(item, "msg"));
     const char *field = json_string_value(json_array_get(json_object_get(item, "loc"), 1));
+    if (!msg)
+        msg = "invalid request";
     int status = r->status >= 500 ? r->status : 400;
     if (field)
         v2_error(c, status, "%s: %s", field, msg);
