@@ -31,25 +31,15 @@ static void v2_error(srv_conn *c, int status, const char *fmt, ...)
     srv_conn_send(c);
 }
 
-/* Sends a refusal the shared parsers wrote in FastAPI's shape ({"detail":
- * "..."} or pydantic's list) in the protocol's: {"error": "..."}, a 400 for
- * the client's faults. */
+/* Sends a refusal the shared parsers wrote for FastAPI's shape in the
+ * protocol's: {"error": "..."} (srv_reply.error), a 400 for the client's
+ * faults. */
 static void send_as_v2(srv_conn *c)
 {
-    srv_reply *r = srv_conn_reply(c);
-    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, NULL);
-    json_t *detail = json_object_get(body, "detail");
-    json_t *item = json_array_get(detail, 0); /* pydantic's list: its first error */
-    const char *msg = json_string_value(json_is_string(detail) ? detail : json_object_get(item, "msg"));
-    const char *field = json_string_value(json_array_get(json_object_get(item, "loc"), 1));
-    if (!msg)
-        msg = "invalid request";
-    int status = r->status >= 500 ? r->status : 400;
-    if (field)
-        v2_error(c, status, "%s: %s", field, msg);
-    else
-        v2_error(c, status, "%s", msg);
-    json_decref(body);
+    const srv_reply *r = srv_conn_reply(c);
+    char msg[sizeof r->error];
+    snprintf(msg, sizeof msg, "%s", r->error[0] ? r->error : "invalid request");
+    v2_error(c, r->status >= 500 ? r->status : 400, "%s", msg);
 }
 
 static void answer(srv_conn *c, int status, const char *body)

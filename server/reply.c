@@ -9,6 +9,7 @@ void srv_reply_init(srv_reply *r)
     r->content_type = NULL;
     r->allow[0] = '\0';
     r->challenge = NULL;
+    r->error[0] = '\0';
     srv_buf_init(&r->body);
 }
 
@@ -21,6 +22,7 @@ void srv_reply_json(srv_reply *r, int status)
 {
     r->status = status;
     r->content_type = "application/json";
+    r->error[0] = '\0';
     srv_buf_clear(&r->body);
 }
 
@@ -35,6 +37,7 @@ void srv_reply_detail(srv_reply *r, int status, const char *fmt, ...)
     srv_buf_puts(&r->body, "{\"detail\":");
     srv_json_cstr(&r->body, msg);
     srv_buf_puts(&r->body, "}");
+    snprintf(r->error, sizeof r->error, "%s", msg);
 }
 
 void srv_reply_invalid(srv_reply *r, const char *type, const char *where, const char *field,
@@ -53,6 +56,7 @@ void srv_reply_invalid(srv_reply *r, const char *type, const char *where, const 
     srv_buf_puts(b, "],\"msg\":");
     srv_json_cstr(b, msg);
     srv_buf_printf(b, ",\"input\":%s}]}", input_json ? input_json : "null");
+    snprintf(r->error, sizeof r->error, "%s%s%s", field ? field : "", field ? ": " : "", msg);
 }
 
 void srv_reply_json_invalid(srv_reply *r, int pos, const char *why)
@@ -63,6 +67,7 @@ void srv_reply_json_invalid(srv_reply *r, int pos, const char *why)
                       "\"msg\":\"JSON decode error\",\"input\":{},\"ctx\":{\"error\":", pos);
     srv_json_cstr(b, why);
     srv_buf_puts(b, "}}]}");
+    snprintf(r->error, sizeof r->error, "JSON decode error at byte %d: %s", pos, why);
 }
 
 const char *srv_status_text(int status)

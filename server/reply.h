@@ -15,6 +15,8 @@ typedef struct srv_reply {
     const char *challenge;    /* the WWW-Authenticate header of a 401, or NULL */
     bool close;               /* end the connection after this answer */
     srv_buf body;
+    char error[400];          /* an error's text in one line ("field: msg"), for a
+                                 protocol that words errors its own way; else empty */
 } srv_reply;
 
 void srv_reply_init(srv_reply *r);
