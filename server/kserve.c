@@ -173,6 +173,13 @@ static int texts_of(json_t *root, const char **texts, size_t *lens, size_t *n, c
     return *why ? -1 : 0;
 }
 
+/* The request's "id" (checked by srv_v2_infer to fit SRV_V2_ID_SIZE), or "". */
+static const char *request_id(json_t *root)
+{
+    const char *id = json_string_value(json_object_get(root, "id"));
+    return id ? id : "";
+}
+
 static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *root,
                            const char **texts, const size_t *lens, size_t n)
 {
@@ -195,8 +202,7 @@ static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
         return;
     }
     job->cls.v2_form = true;
-    snprintf(job->cls.v2_id, sizeof job->cls.v2_id, "%s",
-             json_is_string(json_object_get(root, "id")) ? json_string_value(json_object_get(root, "id")) : "");
+    snprintf(job->cls.v2_id, sizeof job->cls.v2_id, "%s", request_id(root));
     snprintf(job->cls.v2_model, sizeof job->cls.v2_model, "%s", w->name);
     job->n_seq = (int)n;
     for (size_t i = 0; i < n; i++)
@@ -240,8 +246,7 @@ static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
     }
     job->gen.form = SRV_GEN_KSERVE;
     snprintf(job->gen.model_name, sizeof job->gen.model_name, "%s", w->name);
-    snprintf(job->gen.v2_id, sizeof job->gen.v2_id, "%s",
-             json_is_string(json_object_get(root, "id")) ? json_string_value(json_object_get(root, "id")) : "");
+    snprintf(job->gen.v2_id, sizeof job->gen.v2_id, "%s", request_id(root));
     job->n_seq = 1;
     job->n_tokens = job->gen.seqs[0].n_prompt;
     srv_server_submit(s, c, job);
