@@ -81,18 +81,25 @@ int srv_worker_submit(srv_worker *w, srv_job *job)
     return 0;
 }
 
-/* Unlinks and returns the oldest waiting job; called with the lock held. */
-static srv_job *dequeue(srv_worker *w)
+/* Unlinks and returns the waiting job *link points at (prev: the job
+ * before it, NULL at the head); called with the lock held. */
+static srv_job *unlink_at(srv_worker *w, srv_job **link, srv_job *prev)
 {
-    srv_job *j = w->head;
-    w->head = j->next;
-    if (!w->head)
-        w->tail = NULL;
+    srv_job *j = *link;
+    *link = j->next;
+    if (w->tail == j)
+        w->tail = prev;
     j->next = NULL;
     w->n_waiting--;
     w->waiting_seqs -= j->n_seq;
     w->waiting_tokens -= j->n_tokens;
     return j;
+}
+
+/* Unlinks and returns the oldest waiting job. */
+static srv_job *dequeue(srv_worker *w)
+{
+    return unlink_at(w, &w->head, NULL);
 }
 
 static void deadline_after(struct timespec *ts, double t)
@@ -290,22 +297,32 @@ static void drop_queued(srv_worker *w, srv_job *job)
     w->hooks.done(w->hooks.ud, job);
 }
 
+/* Hands back the queued jobs whose clients left, wherever they wait: behind
+ * a head that waits for KV room they would keep their queue slots (and
+ * count against --max-queue) for as long as it waits. */
+static void drop_cancelled_queued(srv_worker *w)
+{
+    srv_job **link = &w->head, *prev = NULL;
+    while (*link) {
+        if (atomic_load(&(*link)->cancelled)) {
+            drop_queued(w, unlink_at(w, link, prev));
+        } else {
+            prev = *link;
+            link = &(*link)->next;
+        }
+    }
+}
+
 /* Moves queued jobs into the running set while the KV budget allows; waits
  * when there is nothing to do. Returns false when stopping and drained. */
 static bool admit(srv_worker *w, srv_gen_sched *sched)
 {
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (w->head) {
-            srv_job *j = w->head;
-            bool cancelled = atomic_load(&j->cancelled);
-            if (!cancelled && !srv_gen_sched_admit(sched, &j->gen, j))
-                break;
-            dequeue(w);
-            if (cancelled)
-                drop_queued(w, j);
-            else
-                srv_metrics_queue_wait(w->hooks.metrics, w->name, mono_now() - j->t_enqueue);
+        drop_cancelled_queued(w);
+        while (w->head && srv_gen_sched_admit(sched, &w->head->gen, w->head)) {
+            srv_job *j = dequeue(w);
+            srv_metrics_queue_wait(w->hooks.metrics, w->name, mono_now() - j->t_enqueue);
         }
         if (srv_gen_sched_running(sched) || (w->stopping && !w->head))
             break;

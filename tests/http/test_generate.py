@@ -291,6 +291,37 @@ def kserve_v2_generation_parameters(d):
     eq(got.json()["outputs"][0]["data"], [want.json()["generated_text"]], "three tokens")
 
 
+config("gpt2_kv_9000", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "9000"])
+
+
+@test(daemon="gpt2_kv_9000")
+def queued_generation_cancelled_behind_a_waiting_head(d):
+    # A beam search holds 8,008 of the 9,000 KV tokens; B (1,001) waits at
+    # the head of the queue for room, C waits behind B. C's client leaves:
+    # C must give its queue slot back while B still waits, not when B is
+    # admitted (it used to count in predictd_queue_size and --max-queue).
+    def send(body):
+        s = connect(d.port)
+        raw = json.dumps(body).encode()
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+        return s
+    running = 'predictd_running_sequences{model="gpt2"}'
+    queued = 'predictd_queue_size{model="gpt2"}'
+    a = send({"inputs": "Hello", "parameters": {"max_new_tokens": 1000, "num_beams": 8}})
+    wait_for("the beam search running", lambda: metric(d.metrics(), running) == 8, 10)
+    b = send({"inputs": "Hello", "parameters": {"max_new_tokens": 1000}})
+    c = send({"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
+    wait_for("two waiting", lambda: metric(d.metrics(), queued) == 2, 10)
+    c.close()
+    wait_for("the departed one dropped", lambda: metric(d.metrics(), queued) == 1, 10)
+    eq(metric(d.metrics(), running), 8.0, "the beam search still running meanwhile")
+    a.close()
+    b.close()
+    wait_for("all gone", lambda: metric(d.metrics(), running) == 0 and
+             metric(d.metrics(), queued) == 0, 20)
+
+
 config("gpt2_limited", ["--model", "gpt2=" + GPT2, "--max-new-tokens-limit", "10",
                         "--max-batch-total-tokens", "40"])
 
