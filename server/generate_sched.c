@@ -300,7 +300,8 @@ static void reorder_beams(const srv_gen_sched *s, srv_gen_seq *q)
     int32_t *ids[nb];
     int len[nb];
     bool taken[nb], moved[nb];
-    memset(taken, 0, sizeof taken);
+    for (int b = 0; b < nb; b++)
+        taken[b] = false;
     for (int b = 0; b < nb; b++) {
         int p = s->parent[b];
         moved[b] = !taken[p];

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 void srv_reply_init(srv_reply *r)
 {
@@ -26,6 +27,18 @@ void srv_reply_json(srv_reply *r, int status)
     srv_buf_clear(&r->body);
 }
 
+/* Sets r->error to prefix then text, cut to fit (silently: it is a
+ * summary of the body, which carries the whole text). */
+static void set_error(srv_reply *r, const char *prefix, const char *text)
+{
+    size_t cap = sizeof r->error - 1, np = strlen(prefix), nt = strlen(text);
+    np = np < cap ? np : cap;
+    nt = nt < cap - np ? nt : cap - np;
+    memcpy(r->error, prefix, np);
+    memcpy(r->error + np, text, nt);
+    r->error[np + nt] = '\0';
+}
+
 void srv_reply_detail(srv_reply *r, int status, const char *fmt, ...)
 {
     char msg[1024];
@@ -37,7 +50,7 @@ void srv_reply_detail(srv_reply *r, int status, const char *fmt, ...)
     srv_buf_puts(&r->body, "{\"detail\":");
     srv_json_cstr(&r->body, msg);
     srv_buf_puts(&r->body, "}");
-    snprintf(r->error, sizeof r->error, "%s", msg);
+    set_error(r, "", msg);
 }
 
 void srv_reply_invalid(srv_reply *r, const char *type, const char *where, const char *field,
@@ -56,7 +69,9 @@ void srv_reply_invalid(srv_reply *r, const char *type, const char *where, const 
     srv_buf_puts(b, "],\"msg\":");
     srv_json_cstr(b, msg);
     srv_buf_printf(b, ",\"input\":%s}]}", input_json ? input_json : "null");
-    snprintf(r->error, sizeof r->error, "%s%s%s", field ? field : "", field ? ": " : "", msg);
+    char prefix[80];
+    snprintf(prefix, sizeof prefix, "%.64s%s", field ? field : "", field ? ": " : "");
+    set_error(r, prefix, msg);
 }
 
 void srv_reply_json_invalid(srv_reply *r, int pos, const char *why)
@@ -67,7 +82,9 @@ void srv_reply_json_invalid(srv_reply *r, int pos, const char *why)
                       "\"msg\":\"JSON decode error\",\"input\":{},\"ctx\":{\"error\":", pos);
     srv_json_cstr(b, why);
     srv_buf_puts(b, "}}]}");
-    snprintf(r->error, sizeof r->error, "JSON decode error at byte %d: %s", pos, why);
+    char where[64];
+    snprintf(where, sizeof where, "JSON decode error at byte %d: ", pos);
+    set_error(r, where, why);
 }
 
 const char *srv_status_text(int status)
