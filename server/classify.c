@@ -90,11 +90,8 @@ static int parse_inputs(const model *m, const srv_request *in, json_t *inputs,
     if (!json_is_array(inputs) || json_array_size(inputs) == 0)
         return invalid_field(err, "string_type", "inputs",
                              "Input should be a valid string or a non-empty list of strings", inputs);
-    if (json_array_size(inputs) > limit) {
-        srv_reply_detail(err, 422, "Input validation error: `inputs` holds %zu texts, at most %zu "
-                         "are allowed in one request", json_array_size(inputs), limit);
-        return -1;
-    }
+    if (json_array_size(inputs) > limit)
+        return srv_reply_too_many(err, "inputs", json_array_size(inputs), limit);
     req->list_input = true;
     if (alloc_texts(req, json_array_size(inputs), err))
         return -1;

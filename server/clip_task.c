@@ -30,15 +30,6 @@ static size_t max_items(const srv_request *in)
     return in->limits && in->limits->max_client_batch ? in->limits->max_client_batch : 32;
 }
 
-/* A list longer than --max-client-batch-size, as classification words it. */
-static int too_many(srv_reply *err, const char *field, size_t n, size_t limit)
-{
-    srv_reply_detail(err, 422, "Input validation error: `%s` holds %zu items, at most %zu are "
-                     "allowed in one request", field, n, limit);
-    return -1;
-}
-
-
 /* ---- images ----------------------------------------------------------------- */
 
 static int add_image_bytes(srv_clip_req *req, const uint8_t *data, size_t len, const srv_request *in,
@@ -100,7 +91,7 @@ static int read_images(srv_clip_req *req, json_t *v, const char *field, const sr
     if (!json_is_array(v) || json_array_size(v) == 0)
         return bad(err, field, "list_type", "Input should be a non-empty list of base64 images", v);
     if (json_array_size(v) > max_items(in))
-        return too_many(err, field, json_array_size(v), max_items(in));
+        return srv_reply_too_many(err, field, json_array_size(v), max_items(in));
     if (alloc_images(req, json_array_size(v), err))
         return -1;
     for (size_t i = 0; i < json_array_size(v); i++)
@@ -155,7 +146,7 @@ static int read_texts(const model *m, srv_clip_req *req, json_t *v, const char *
     if ((!json_is_string(v) && !json_is_array(v)) || n == 0)
         return bad(err, field, "list_type", "Input should be a string or a non-empty list of strings", v);
     if (n > max_items(in))
-        return too_many(err, field, n, max_items(in));
+        return srv_reply_too_many(err, field, n, max_items(in));
     if (alloc_texts(req, n, false, err))
         return -1;
     for (size_t i = 0; i < n; i++) {
@@ -206,7 +197,7 @@ static int read_labels(const model *m, srv_clip_req *req, const char *const *lab
         return -1;
     }
     if (n > limit)
-        return too_many(err, "candidate_labels", n, limit);
+        return srv_reply_too_many(err, "candidate_labels", n, limit);
     if (alloc_texts(req, n, true, err))
         return -1;
     for (size_t i = 0; i < n; i++) {

@@ -76,3 +76,10 @@ const char *srv_tokens_given(size_t n, size_t count_max, char buf[32])
         snprintf(buf, 32, "%zu", n);
     return buf;
 }
+
+int srv_reply_too_many(srv_reply *err, const char *field, size_t n, size_t limit)
+{
+    srv_reply_detail(err, 422, "Input validation error: `%s` holds %zu items, at most %zu are "
+                     "allowed in one request", field, n, limit);
+    return -1;
+}

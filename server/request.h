@@ -60,6 +60,10 @@ bool srv_json_string_field(const void *root, const char *key, char *buf, size_t 
 /* Writes the JSON encoding of a jansson value (for the "input" of an error). */
 char *srv_json_dump(const void *value);
 
+/* A 422 for a list of n items over limit (--max-client-batch-size, or a
+ * cap of its own) in field; returns -1. */
+int srv_reply_too_many(srv_reply *err, const char *field, size_t n, size_t limit);
+
 /* Maps a tokenizer/engine error to a reply: ENG_EFORMAT and ENG_ETOOLONG are
  * the client's (422), ENG_ENOMEM is 503, anything else 500. */
 void srv_reply_eng_error(srv_reply *r, const eng_err *err);

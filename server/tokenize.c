@@ -106,11 +106,8 @@ static int check_inputs(json_t *inputs, size_t limit, srv_reply *err)
         free(dump);
         return -1;
     }
-    if (json_is_array(inputs) && json_array_size(inputs) > limit) {
-        srv_reply_detail(err, 422, "Input validation error: `inputs` holds %zu texts, at most %zu "
-                         "are allowed in one request", json_array_size(inputs), limit);
-        return -1;
-    }
+    if (json_is_array(inputs) && json_array_size(inputs) > limit)
+        return srv_reply_too_many(err, "inputs", json_array_size(inputs), limit);
     return 0;
 }
 
