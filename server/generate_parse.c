@@ -133,7 +133,8 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
     g->top_k = (int)top_k;
     g->num_beams = (int)beams;
     job->seed_given = json_object_get(p, "seed") && !json_is_null(json_object_get(p, "seed"));
-    g->seed = job->seed_given ? (uint64_t)seed : random_seed();
+    if (job->seed_given)
+        g->seed = (uint64_t)seed;
     return 0;
 }
 
@@ -302,7 +303,8 @@ static int parse_openai(const srv_request *in, json_t *root, gen_params *g, srv_
     if (seed && !json_is_null(seed) && !json_is_integer(seed))
         return bad(err, "seed", "int_type", "Input should be a valid integer", seed);
     job->seed_given = seed && json_is_integer(seed);
-    g->seed = job->seed_given ? (uint64_t)json_integer_value(seed) : random_seed();
+    if (job->seed_given)
+        g->seed = (uint64_t)json_integer_value(seed);
     if (n != 1)
         return bad(err, "n", "value_error", "Only n = 1 is supported", json_object_get(root, "n"));
     if (temperature < 0 || temperature > 100)
@@ -436,6 +438,10 @@ int srv_gen_parse(const model *m, srv_gen_form form, const srv_request *in, srv_
     job->id = random_seed();
     gen_params g;
     form_defaults(m, form, &g, job);
+    /* Sampling draws from a fresh seed unless the request names one; this
+     * holds for a request without "parameters" too, which once always
+     * sampled from seed 0 (the same "random" text every time). */
+    g.seed = random_seed();
     json_t *root = NULL;
     int rc = 0;
     if (!(form == SRV_GEN_PIPELINE && in->query_text)) {

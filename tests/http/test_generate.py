@@ -248,6 +248,11 @@ def generate_sampling_and_stops(d):
     check(len(set(texts)) > 1, "four samples of one prompt differ: %r" % texts)
     alone = post_json(d, "/predict", {"inputs": "The", "parameters": params}).json()
     eq(texts[0], alone[0]["generated_text"], "the first prompt's sample is the seed's")
+    # A request with no parameters samples as the model's config says, from
+    # a fresh seed each time (it always drew seed 0's text).
+    texts = [post_json(d, "/predict", {"inputs": "The"}).json()[0]["generated_text"]
+             for _ in range(3)]
+    check(len(set(texts)) > 1, "three unseeded samples differ: %r" % texts)
     # TGI samples when a warper is set, do_sample or not.
     warm = {"temperature": 0.7, "seed": 5, "max_new_tokens": 12}
     eq(post_json(d, "/generate", {"inputs": "The", "parameters": warm}).json(),
