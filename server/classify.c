@@ -20,15 +20,10 @@ static int alloc_texts(srv_classify_req *req, size_t n, srv_reply *err)
     return 0;
 }
 
-static int max_tokens(const model *m, const srv_limits *lim)
-{
-    return srv_limits_input_tokens(lim, m->max_positions);
-}
-
 static int tokenize_one(const model *m, const srv_request *in, srv_classify_req *req, size_t i,
                         const char *text, size_t len, srv_reply *err)
 {
-    int max = max_tokens(m, in->limits);
+    int max = srv_limits_input_tokens(in->limits, m->max_positions);
     /* Truncating, it is enough to know there are more than max. */
     size_t count_max = req->truncate ? (size_t)max : srv_count_max((size_t)max);
     tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max, .count_max = count_max};
@@ -39,7 +34,7 @@ static int tokenize_one(const model *m, const srv_request *in, srv_classify_req 
     }
     if (req->enc[i].n_untruncated > (size_t)max && !req->truncate) {
         /* Only a JSON body can ask for truncation: no hint to a ?text= client. */
-        char given[32];
+        char given[SRV_TOKENS_GIVEN_SIZE];
         srv_reply_detail(err, 422, "Input validation error: `inputs` must have at most %d tokens. "
                          "Given: %s%s", max, srv_tokens_given(req->enc[i].n_untruncated, count_max, given),
                          in->query_text ? "" : " (send \"truncate\": true to cut it)");

@@ -130,7 +130,7 @@ static int add_text(const model *m, const srv_request *in, srv_clip_req *req, co
         return -1;
     }
     if (!truncate && enc->n_untruncated > (size_t)max) {
-        char given[32];
+        char given[SRV_TOKENS_GIVEN_SIZE];
         srv_reply_detail(err, 422, "Input validation error: a text has %s tokens, the model takes "
                          "at most %d (send \"truncate\": true to cut it)",
                          srv_tokens_given(enc->n_untruncated, count_max, given), max);

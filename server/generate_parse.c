@@ -22,11 +22,17 @@ static int bad(srv_reply *err, const char *field, const char *type, const char *
     return -1;
 }
 
+/* Whether an optional field was given: present and not null. */
+static bool given(const json_t *v)
+{
+    return v && !json_is_null(v);
+}
+
 /* Readers for optional fields: absent or null leaves *out unchanged. */
 static int read_int(json_t *obj, const char *key, const char *field, long *out, srv_reply *err)
 {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v))
+    if (!given(v))
         return 0;
     if (!json_is_integer(v))
         return bad(err, field, "int_type", "Input should be a valid integer", v);
@@ -37,7 +43,7 @@ static int read_int(json_t *obj, const char *key, const char *field, long *out, 
 static int read_num(json_t *obj, const char *key, const char *field, double *out, srv_reply *err)
 {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v))
+    if (!given(v))
         return 0;
     if (!json_is_number(v))
         return bad(err, field, "float_type", "Input should be a valid number", v);
@@ -48,7 +54,7 @@ static int read_num(json_t *obj, const char *key, const char *field, double *out
 static int read_bool(json_t *obj, const char *key, const char *field, bool *out, srv_reply *err)
 {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v))
+    if (!given(v))
         return 0;
     if (!json_is_boolean(v))
         return bad(err, field, "bool_type", "Input should be a valid boolean", v);
@@ -60,7 +66,7 @@ static int read_bool(json_t *obj, const char *key, const char *field, bool *out,
 static int read_stop(json_t *obj, const char *key, srv_gen_job *job, srv_reply *err)
 {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v))
+    if (!given(v))
         return 0;
     size_t n = json_is_string(v) ? 1 : json_is_array(v) ? json_array_size(v) : 0;
     if (!json_is_string(v) && !json_is_array(v))
@@ -92,6 +98,27 @@ static uint64_t random_seed(void)
 }
 
 /* The decoding parameters every form shares, by their common names. */
+/* Takes the seed read from obj's "seed" when one was given (else the
+ * random one srv_gen_parse drew stays). */
+static void set_seed(json_t *obj, long seed, gen_params *g, srv_gen_job *job)
+{
+    job->seed_given = given(json_object_get(obj, "seed"));
+    if (job->seed_given)
+        g->seed = (uint64_t)seed;
+}
+
+/* A request's "parameters": *p NULL when absent or null; anything but an
+ * object is a 422. */
+static int read_parameters(json_t *root, json_t **p, srv_reply *err)
+{
+    *p = json_object_get(root, "parameters");
+    if (given(*p) && !json_is_object(*p))
+        return bad(err, "parameters", "dict_type", "Input should be a valid dictionary", *p);
+    if (!json_is_object(*p))
+        *p = NULL;
+    return 0;
+}
+
 static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *err)
 {
     long max_new = g->max_new_tokens, top_k = g->top_k, beams = g->num_beams, seed = 0;
@@ -112,14 +139,14 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
         g->early_stopping = json_is_true(early) ? GEN_EARLY_TRUE : GEN_EARLY_FALSE;
     else if (json_is_string(early) && strcmp(json_string_value(early), "never") == 0)
         g->early_stopping = GEN_EARLY_NEVER;
-    else if (early && !json_is_null(early))
+    else if (given(early))
         return bad(err, "early_stopping", "bool_type", "Input should be true, false or \"never\"", early);
     /* Bounds that keep the ints meaningful; gen_params_check judges the rest.
      * A max_new_tokens given must be positive, as in TGI (-1 is only our
      * internal "not given"). */
-    json_t *given_max = json_object_get(p, "max_new_tokens");
-    if (given_max && !json_is_null(given_max) && max_new < 1)
-        return bad(err, "max_new_tokens", "greater_than", "Input should be greater than 0", given_max);
+    json_t *max_given = json_object_get(p, "max_new_tokens");
+    if (given(max_given) && max_new < 1)
+        return bad(err, "max_new_tokens", "greater_than", "Input should be greater than 0", max_given);
     if (max_new > 1000000)
         return bad(err, "max_new_tokens", "value_error", "Value out of range", NULL);
     if (top_k < 0 || top_k > 1000000000)
@@ -132,9 +159,7 @@ static int read_decoding(json_t *p, gen_params *g, srv_gen_job *job, srv_reply *
     g->max_new_tokens = (int)max_new;
     g->top_k = (int)top_k;
     g->num_beams = (int)beams;
-    job->seed_given = json_object_get(p, "seed") && !json_is_null(json_object_get(p, "seed"));
-    if (job->seed_given)
-        g->seed = (uint64_t)seed;
+    set_seed(p, seed, g, job);
     return 0;
 }
 
@@ -219,7 +244,7 @@ static int read_prompt_field(json_t *v, const char *field, const srv_request *in
 {
     size_t n = json_is_array(v) ? json_array_size(v) : 1;
     size_t limit = in->limits ? in->limits->max_client_batch : 32;
-    if (!v || json_is_null(v))
+    if (!given(v))
         return bad(err, field, "missing", "Field required", NULL);
     if (!json_is_string(v) && (!json_is_array(v) || n == 0 || n > limit))
         return bad(err, field, "string_type", "Input should be a valid string (or a list of them)", v);
@@ -248,9 +273,9 @@ static int parse_pipeline(const srv_request *in, json_t *root, gen_params *g, sr
     if (read_prompt_field(text ? text : json_object_get(root, "inputs"), text ? "text" : "inputs",
                           in, job, err))
         return -1;
-    json_t *p = json_object_get(root, "parameters");
-    if (p && !json_is_object(p) && !json_is_null(p))
-        return bad(err, "parameters", "dict_type", "Input should be a valid dictionary", p);
+    json_t *p;
+    if (read_parameters(root, &p, err))
+        return -1;
     if (!p)
         return 0;
     return read_decoding(p, g, job, err) ||
@@ -270,9 +295,9 @@ static int parse_tgi(const srv_request *in, json_t *root, gen_params *g, srv_gen
         srv_reply_detail(err, 422, "Input validation error: `inputs` cannot be empty");
         return -1;
     }
-    json_t *p = json_object_get(root, "parameters");
-    if (p && !json_is_object(p) && !json_is_null(p))
-        return bad(err, "parameters", "dict_type", "Input should be a valid dictionary", p);
+    json_t *p;
+    if (read_parameters(root, &p, err))
+        return -1;
     if (!p)
         return 0;
     if (read_decoding(p, g, job, err) ||
@@ -289,7 +314,7 @@ static int parse_tgi(const srv_request *in, json_t *root, gen_params *g, srv_gen
 static int parse_openai(const srv_request *in, json_t *root, gen_params *g, srv_gen_job *job,
                         srv_reply *err)
 {
-    long max_tokens = -1, n = 1;
+    long max_tokens = -1, n = 1, seed = 0;
     double temperature = 1.0;
     if (read_prompt_field(json_object_get(root, "prompt"), "prompt", in, job, err) ||
         read_int(root, "max_tokens", "max_tokens", &max_tokens, err) ||
@@ -297,21 +322,16 @@ static int parse_openai(const srv_request *in, json_t *root, gen_params *g, srv_
         read_num(root, "top_p", "top_p", &g->top_p, err) ||
         read_stop(root, "stop", job, err) || read_int(root, "n", "n", &n, err) ||
         read_bool(root, "stream", "stream", &job->stream, err) ||
-        read_bool(root, "echo", "echo", &job->return_full_text, err))
+        read_bool(root, "echo", "echo", &job->return_full_text, err) ||
+        read_int(root, "seed", "seed", &seed, err))
         return -1;
-    json_t *seed = json_object_get(root, "seed");
-    if (seed && !json_is_null(seed) && !json_is_integer(seed))
-        return bad(err, "seed", "int_type", "Input should be a valid integer", seed);
-    job->seed_given = seed && json_is_integer(seed);
-    if (job->seed_given)
-        g->seed = (uint64_t)json_integer_value(seed);
+    set_seed(root, seed, g, job); /* OpenAI's may be negative: it is never reported back */
     if (n != 1)
         return bad(err, "n", "value_error", "Only n = 1 is supported", json_object_get(root, "n"));
     if (temperature < 0 || temperature > 100)
         return bad(err, "temperature", "value_error", "temperature must be in [0, 100]",
                    json_object_get(root, "temperature"));
-    json_t *given_max = json_object_get(root, "max_tokens");
-    if ((given_max && !json_is_null(given_max) && max_tokens < 1) || max_tokens > 1000000)
+    if ((given(json_object_get(root, "max_tokens")) && max_tokens < 1) || max_tokens > 1000000)
         return bad(err, "max_tokens", "value_error", "max_tokens must be a positive integer",
                    json_object_get(root, "max_tokens"));
     g->do_sample = temperature > 0; /* OpenAI: temperature 0 means greedy */
@@ -371,7 +391,7 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
         return -1;
     }
     if (q->n_prompt > max_input) {
-        char given[32];
+        char given[SRV_TOKENS_GIVEN_SIZE];
         srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens. "
                          "Given: %s", prompt, max_input,
                          srv_tokens_given((size_t)q->n_prompt, count_max, given));

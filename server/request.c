@@ -68,12 +68,12 @@ size_t srv_count_max(size_t max)
     return 4 * max;
 }
 
-const char *srv_tokens_given(size_t n, size_t count_max, char buf[32])
+const char *srv_tokens_given(size_t n, size_t count_max, char buf[SRV_TOKENS_GIVEN_SIZE])
 {
     if (n > count_max)
-        snprintf(buf, 32, "more than %zu", count_max);
+        snprintf(buf, SRV_TOKENS_GIVEN_SIZE, "more than %zu", count_max);
     else
-        snprintf(buf, 32, "%zu", n);
+        snprintf(buf, SRV_TOKENS_GIVEN_SIZE, "%zu", n);
     return buf;
 }
 

@@ -33,7 +33,8 @@ int srv_limits_input_tokens(const srv_limits *lim, int model_max);
  * count up to 4x the limit, and "more than" past it (srv_tokens_given
  * writes either into buf). */
 size_t srv_count_max(size_t max);
-const char *srv_tokens_given(size_t n, size_t count_max, char buf[32]);
+#define SRV_TOKENS_GIVEN_SIZE 32
+const char *srv_tokens_given(size_t n, size_t count_max, char buf[SRV_TOKENS_GIVEN_SIZE]);
 
 typedef struct srv_request {
     const char *query_text; /* the ?text= parameter, or NULL */
