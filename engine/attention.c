@@ -68,8 +68,12 @@ void eng_attention(const eng_attn_seq *seqs, int n_seq, int n_heads, int hd, boo
     eng_pool_run(pool, tasks, attn_task, &j);
 }
 
-void eng_self_attention(const float *q, const float *k, const float *v, int ld, const int *seq_off,
-                        int n_seq, int n_heads, int hd, bool causal, float *ctx)
+/* Every head of a packed batch. The queries are every row of each sequence
+ * (q row r for token r), or with first_only one row per sequence (q row s),
+ * attending to all of that sequence's keys; ctx rows follow the queries. */
+static void packed_attention(const float *q, const float *k, const float *v, int ld,
+                             const int *seq_off, int n_seq, int n_heads, int hd, bool causal,
+                             bool first_only, float *ctx)
 {
     enum { CHUNK = 64 }; /* sequences described at once, on the stack */
     eng_attn_seq seqs[CHUNK];
@@ -78,11 +82,25 @@ void eng_self_attention(const float *q, const float *k, const float *v, int ld, 
         int n = n_seq - s0 < CHUNK ? n_seq - s0 : CHUNK;
         for (int i = 0; i < n; i++) {
             int r0 = seq_off[s0 + i], L = seq_off[s0 + i + 1] - r0;
+            int qrow = first_only ? s0 + i : r0;
             size_t in = (size_t)r0 * ld;
-            seqs[i] = (eng_attn_seq){.q = q + in, .k = k + in, .v = v + in, .ldq = ld, .ldk = ld,
-                                     .ldv = ld, .Lq = L, .Lk = L, .out = ctx + (size_t)r0 * dim,
-                                     .ldo = dim};
+            seqs[i] = (eng_attn_seq){.q = q + (size_t)qrow * ld, .k = k + in, .v = v + in,
+                                     .ldq = ld, .ldk = ld, .ldv = ld,
+                                     .Lq = first_only ? 1 : L, .Lk = L,
+                                     .out = ctx + (size_t)qrow * dim, .ldo = dim};
         }
         eng_attention(seqs, n, n_heads, hd, causal);
     }
+}
+
+void eng_self_attention(const float *q, const float *k, const float *v, int ld, const int *seq_off,
+                        int n_seq, int n_heads, int hd, bool causal, float *ctx)
+{
+    packed_attention(q, k, v, ld, seq_off, n_seq, n_heads, hd, causal, false, ctx);
+}
+
+void eng_first_token_attention(const float *q, const float *k, const float *v, int ld,
+                               const int *seq_off, int n_seq, int n_heads, int hd, float *ctx)
+{
+    packed_attention(q, k, v, ld, seq_off, n_seq, n_heads, hd, false, true, ctx);
 }

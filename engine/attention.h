@@ -45,4 +45,11 @@ void eng_attention(const eng_attn_seq *seqs, int n_seq, int n_heads, int hd, boo
 void eng_self_attention(const float *q, const float *k, const float *v, int ld, const int *seq_off,
                         int n_seq, int n_heads, int hd, bool causal, float *ctx);
 
+/* Bidirectional attention for the first token of each sequence only: what an
+ * encoder's last block needs when its head reads nothing but that token (a
+ * classifier's [CLS]). q, ctx: (n_seq, n_heads * hd), row s for sequence s
+ * (q row stride ld); k, v: the packed batch, as for eng_self_attention. */
+void eng_first_token_attention(const float *q, const float *k, const float *v, int ld,
+                               const int *seq_off, int n_seq, int n_heads, int hd, float *ctx);
+
 #endif

@@ -95,6 +95,39 @@ static int check_batch(const distilbert *d, const model_batch *b, eng_err *err)
     return 0;
 }
 
+/* Activations of one forward pass: q, k, v, ctx (T, dim) each, ffn (T,
+ * hidden). q also takes the projections after attention. */
+typedef struct block_bufs {
+    float *q, *k, *v, *ctx, *ffn;
+} block_bufs;
+
+/* One post-LN encoder block, in place on the rows of xq. Keys and values
+ * come from every row of x (T rows); the queries, and everything after
+ * attention, from xq's rows: x itself (rows = T), or one row per sequence, its
+ * first token's (rows = n_seq) -- the last block of a classifier whose head
+ * reads nothing else, which saves that block's work on every other token.
+ * Either way a row gets the values the full block gives it. */
+static void encoder_block(const distilbert *d, const distilbert_layer *L, const model_batch *b,
+                          const float *x, int T, float *xq, int rows, const block_bufs *w)
+{
+    int dim = d->dim, hd = dim / d->n_heads;
+    eng_linear_forward(&L->k, x, T, w->k);
+    eng_linear_forward(&L->v, x, T, w->v);
+    eng_linear_forward(&L->q, xq, rows, w->q);
+    if (xq == x)
+        eng_self_attention(w->q, w->k, w->v, dim, b->seq_off, b->n_seq, d->n_heads, hd, false,
+                           w->ctx);
+    else
+        eng_first_token_attention(w->q, w->k, w->v, dim, b->seq_off, b->n_seq, d->n_heads, hd,
+                                  w->ctx);
+    eng_linear_forward(&L->out, w->ctx, rows, w->q);
+    eng_add_layernorm(xq, w->q, rows, dim, L->sa_ln_gamma, L->sa_ln_beta, d->eps);
+    eng_linear_forward(&L->ffn_in, xq, rows, w->ffn);
+    d->activation(w->ffn, (size_t)rows * d->hidden);
+    eng_linear_forward(&L->ffn_out, w->ffn, rows, w->q);
+    eng_add_layernorm(xq, w->q, rows, dim, L->out_ln_gamma, L->out_ln_beta, d->eps);
+}
+
 static int distilbert_classify(const model *m, const model_batch *b, eng_arena *a, float *logits,
                                eng_err *err)
 {
@@ -102,37 +135,26 @@ static int distilbert_classify(const model *m, const model_batch *b, eng_arena *
     int rc = check_batch(d, b, err);
     if (rc)
         return rc;
-    int T = model_batch_tokens(b), dim = d->dim;
+    int T = model_batch_tokens(b), S = b->n_seq, dim = d->dim;
     size_t n = (size_t)T * dim;
     eng_arena_reset(a);
-    float *x = eng_arena_floats(a, n), *q = eng_arena_floats(a, n), *k = eng_arena_floats(a, n);
-    float *v = eng_arena_floats(a, n), *ctx = eng_arena_floats(a, n);
-    float *ffn = eng_arena_floats(a, (size_t)T * d->hidden);
-    float *cls = eng_arena_floats(a, (size_t)b->n_seq * dim);
-    float *pre = eng_arena_floats(a, (size_t)b->n_seq * dim);
+    float *x = eng_arena_floats(a, n);
+    block_bufs w = {eng_arena_floats(a, n), eng_arena_floats(a, n), eng_arena_floats(a, n),
+                    eng_arena_floats(a, n), eng_arena_floats(a, (size_t)T * d->hidden)};
+    float *cls = eng_arena_floats(a, (size_t)S * dim);
+    float *pre = eng_arena_floats(a, (size_t)S * dim);
     if (!pre)
         return eng_err_set(err, ENG_ENOMEM, "batch of %d tokens exceeds the reserved scratch", T);
 
     embed(d, b, x);
-    for (int l = 0; l < d->n_layers; l++) {
-        const distilbert_layer *L = &d->layers[l];
-        eng_linear_forward(&L->q, x, T, q);
-        eng_linear_forward(&L->k, x, T, k);
-        eng_linear_forward(&L->v, x, T, v);
-        eng_self_attention(q, k, v, dim, b->seq_off, b->n_seq, d->n_heads, dim / d->n_heads, false,
-                           ctx);
-        eng_linear_forward(&L->out, ctx, T, q);
-        eng_add_layernorm(x, q, T, dim, L->sa_ln_gamma, L->sa_ln_beta, d->eps);
-        eng_linear_forward(&L->ffn_in, x, T, ffn);
-        d->activation(ffn, (size_t)T * d->hidden);
-        eng_linear_forward(&L->ffn_out, ffn, T, q);
-        eng_add_layernorm(x, q, T, dim, L->out_ln_gamma, L->out_ln_beta, d->eps);
-    }
-    for (int s = 0; s < b->n_seq; s++)
+    for (int l = 0; l < d->n_layers - 1; l++)
+        encoder_block(d, &d->layers[l], b, x, T, x, T, &w);
+    for (int s = 0; s < S; s++)
         memcpy(cls + (size_t)s * dim, x + (size_t)b->seq_off[s] * dim, (size_t)dim * sizeof *x);
-    eng_linear_forward(&d->pre_classifier, cls, b->n_seq, pre);
-    eng_relu(pre, (size_t)b->n_seq * dim);
-    eng_linear_forward(&d->classifier, pre, b->n_seq, logits);
+    encoder_block(d, &d->layers[d->n_layers - 1], b, x, T, cls, S, &w); /* n_layers >= 1 */
+    eng_linear_forward(&d->pre_classifier, cls, S, pre);
+    eng_relu(pre, (size_t)S * dim);
+    eng_linear_forward(&d->classifier, pre, S, logits);
     return 0;
 }
 

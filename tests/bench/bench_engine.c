@@ -109,12 +109,15 @@ static void run_forward(void *p)
     }
 }
 
-/* FLOPs of a DistilBERT-base forward over n sequences of len tokens. */
+/* FLOPs of a DistilBERT-base forward over n sequences of len tokens, as
+ * predictd computes it: the last block runs only the [CLS] rows past its
+ * key and value projections (models/distilbert.c). */
 static double distilbert_flops(int n, int len)
 {
     const double d = 768, h = 3072, layers = 6, T = (double)n * len;
-    double per_layer = 2 * T * (4 * d * d + 2 * d * h) + 2 * 2 * (double)n * len * len * d;
-    return layers * per_layer;
+    double block = 2 * T * (4 * d * d + 2 * d * h) + 2 * 2 * T * len * d;
+    double last = 2 * T * 2 * d * d + 2 * n * (2 * d * d + 2 * d * h) + 2 * 2 * (double)n * len * d;
+    return (layers - 1) * block + last;
 }
 
 static void emit(const char *model_name, const char *figure, double ms, const char *extra)

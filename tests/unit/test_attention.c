@@ -90,6 +90,30 @@ TEST(attention_packed_batch_matches_reference)
     free(q), free(k), free(v), free(ctx);
 }
 
+/* The first token's query of each sequence against all of that sequence's
+ * keys (a classifier's last encoder block): queries and outputs one row per
+ * sequence, keys and values packed. */
+TEST(attention_first_token_matches_reference)
+{
+    static const int lens[] = {5, 1, 40, 17, 2, 70};
+    int n = 6, off[7] = {0};
+    for (int s = 0; s < n; s++)
+        off[s + 1] = off[s] + lens[s];
+    int T = off[n];
+    float *q = random_floats((size_t)n * DIM, 4), *k = random_floats((size_t)T * DIM, 5);
+    float *v = random_floats((size_t)T * DIM, 6), *ctx = malloc((size_t)n * DIM * sizeof *ctx);
+    memset(ctx, 0xff, (size_t)n * DIM * sizeof *ctx);
+    eng_first_token_attention(q, k, v, DIM, off, n, HEADS, HD, ctx);
+    eng_attn_seq seqs[6];
+    for (int s = 0; s < n; s++) {
+        size_t r = (size_t)off[s] * DIM;
+        seqs[s] = (eng_attn_seq){q + (size_t)s * DIM, k + r, v + r, DIM, DIM, DIM, 1, lens[s],
+                                 ctx + (size_t)s * DIM, DIM};
+    }
+    check_against_reference(seqs, n, HEADS, HD, false);
+    free(q), free(k), free(v), free(ctx);
+}
+
 /* The KV-cache case: a few new queries (strided, as in GPT-2's fused qkv)
  * against a longer past; then the same on one thread gives the same bits. */
 TEST(attention_cached_keys_and_threads)
