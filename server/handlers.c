@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "engine/linear.h"
 #include "server/classify.h"
@@ -20,9 +21,10 @@ typedef struct req_ctx {
     srv_worker *worker; /* the model named in the path, or the default model */
 } req_ctx;
 
-static srv_request request_of(srv_server *s, srv_conn *c)
+srv_request srv_request_of(srv_server *s, srv_conn *c)
 {
-    srv_request in = {.limits = &s->limits, .content_type = srv_conn_header(c, "Content-Type")};
+    srv_request in = {.limits = &s->limits, .content_type = srv_conn_header(c, "Content-Type"),
+                      .prepared = srv_conn_prepared(c)};
     in.query_text = srv_conn_query(c, "text", &in.query_text_len);
     in.body = srv_conn_body(c, &in.body_len);
     return in;
@@ -43,7 +45,7 @@ static bool ready(srv_server *s, srv_conn *c)
 
 static void predict_classify(srv_server *s, srv_conn *c, srv_worker *w)
 {
-    srv_request in = request_of(s, c);
+    srv_request in = srv_request_of(s, c);
     srv_job *job = calloc(1, sizeof *job);
     if (!job) {
         srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
@@ -68,7 +70,7 @@ static void predict_classify(srv_server *s, srv_conn *c, srv_worker *w)
 static void submit_generate(srv_server *s, srv_conn *c, srv_worker *w, srv_gen_form form,
                             bool stream)
 {
-    srv_request in = request_of(s, c);
+    srv_request in = srv_request_of(s, c);
     srv_job *job = calloc(1, sizeof *job);
     if (!job) {
         srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
@@ -122,7 +124,7 @@ static void handle_completions(void *server, srv_conn *c, void *ctx)
     srv_server *s = server;
     if (!ready(s, c))
         return;
-    srv_request in = request_of(s, c);
+    srv_request in = srv_request_of(s, c);
     void *root;
     if (srv_json_body(&in, &root, srv_conn_reply(c))) {
         srv_conn_send(c);
@@ -148,7 +150,7 @@ static void handle_completions(void *server, srv_conn *c, void *ctx)
 /* CLIP: zero-shot, image-text logits (/predict) or embeddings (/embed). */
 static void submit_clip(srv_server *s, srv_conn *c, srv_worker *w, bool embed)
 {
-    srv_request in = request_of(s, c);
+    srv_request in = srv_request_of(s, c);
     srv_job *job = calloc(1, sizeof *job);
     if (!job) {
         srv_reply_detail(srv_conn_reply(c), 503, "out of memory");
@@ -210,7 +212,7 @@ static void handle_tokenize(void *server, srv_conn *c, void *ctx)
     srv_worker *w = ((req_ctx *)ctx)->worker;
     if (!ready(s, c))
         return;
-    srv_request in = request_of(s, c);
+    srv_request in = srv_request_of(s, c);
     srv_tokenize_handle(w->model, &in, srv_conn_reply(c));
     srv_conn_send(c);
 }
@@ -419,6 +421,19 @@ bool srv_route_request(void *server, srv_conn *c)
     else
         srv_reply_detail(srv_conn_reply(c), 404, "Not Found");
     return false;
+}
+
+/* Every POST body is JSON, but for multipart uploads (read in one pass
+ * already). */
+bool srv_prepare_if(void *server, srv_conn *c)
+{
+    (void)server;
+    size_t len;
+    srv_conn_body(c, &len);
+    if (len < SRV_PREPARE_MIN_BYTES || strcmp(srv_conn_method(c), "POST") != 0)
+        return false;
+    const char *type = srv_conn_header(c, "Content-Type");
+    return !(type && strncasecmp(type, "multipart/form-data", 19) == 0);
 }
 
 void srv_handle_request(void *server, srv_conn *c)

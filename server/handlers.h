@@ -6,12 +6,16 @@
 #include <stddef.h>
 
 #include "server/http.h"
+#include "server/request.h"
 
 /* srv_http_hooks.route: finds the request's route and checks all that its
  * headers decide (path, method, API key, the model named). Returns true with
  * the route's context attached to the connection, or false with the
  * refusal in its reply. */
 bool srv_route_request(void *server, srv_conn *c);
+/* srv_http_hooks.prepare_if: a large JSON body is parsed on the pool
+ * (srv_json_prepare, SRV_PREPARE_MIN_BYTES). */
+bool srv_prepare_if(void *server, srv_conn *c);
 /* srv_http_hooks.dispatch: runs the routed request's handler. */
 void srv_handle_request(void *server, srv_conn *c);
 /* srv_http_hooks.completed: the access log line and request metrics. */
@@ -29,6 +33,11 @@ typedef struct srv_route {
 } srv_route;
 
 const srv_route *srv_routes(size_t *n);
+
+/* The request as the task layers see it: query text, body (and its parse
+ * made on the pool), limits. */
+struct srv_server;
+srv_request srv_request_of(struct srv_server *s, srv_conn *c);
 
 /* The model a per-model route resolved to (handlers get ctx). */
 struct srv_worker *srv_request_worker(void *ctx);

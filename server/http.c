@@ -31,6 +31,7 @@ struct srv_http {
     srv_http_hooks hooks;
     int port;
     int deferred;
+    struct srv_conn *preparing; /* connections whose body is on the pool (a list) */
     int closing;      /* handles whose close callback has not run yet */
     int open;         /* connections MHD holds now */
     unsigned closed;  /* connections closed so far */
@@ -41,6 +42,8 @@ typedef enum conn_state {
     CONN_READING,  /* gathering the body */
     CONN_DISCARDING, /* refused mid-body: the rest is read and dropped, then the reply sent */
     CONN_ANSWERED, /* a response is queued (or the request was refused) */
+    CONN_PREPARING, /* suspended while the pool prepares its body (prep_job) */
+    CONN_PREPARED, /* resumed for dispatch with its prepared body */
     CONN_DEFERRED, /* suspended, waiting for srv_conn_resume */
     CONN_READY,    /* resumed with its reply, response not yet queued */
     CONN_STREAMING,
@@ -60,6 +63,12 @@ struct srv_conn {
     size_t sent;
     bool abandoned;  /* the client went away before the answer */
     bool suspended;
+
+    /* Preparation on the pool: the job while it runs (the connection on
+     * h->preparing's list), then its result for the dispatch. */
+    struct prep_job *prep;
+    struct srv_conn *prep_prev, *prep_next;
+    void *prepared;
 
     /* Disconnect watch while suspended: our own poll of the socket, since
      * MHD does not look at suspended connections. */
@@ -188,6 +197,8 @@ static void clock_stop(srv_http *h, void **socket_ctx)
 
 /* ---- connection bookkeeping -------------------------------------------- */
 
+static void unprepare(srv_conn *c);
+
 static void watch_closed(uv_handle_t *handle)
 {
     free(handle);
@@ -237,6 +248,10 @@ static void on_watch(uv_poll_t *p, int status, int events)
     if (c->on_gone)
         c->on_gone(c->gone_arg);
     c->on_gone = NULL;
+    if (c->state == CONN_PREPARING) {
+        unprepare(c);
+        c->state = CONN_READY;
+    }
     if (c->state == CONN_DEFERRED) {
         /* No srv_conn_resume follows a dropped request, so it stops counting
          * as deferred here; a shutdown would otherwise wait for it forever. */
@@ -272,6 +287,88 @@ static void suspend(srv_conn *c)
         MHD_suspend_connection(c->mhd);
     }
     watch(c);
+}
+
+/* ---- preparing a body on the pool (srv_http_hooks.prepare) ----------------
+ *
+ * The job holds the body while a pool thread reads it. A connection that ends
+ * first (its client gone, or the server stopping) only unhooks itself; the job
+ * then frees what it holds when it comes back. */
+typedef struct prep_job {
+    uv_work_t work;
+    srv_conn *conn; /* NULL once the connection has ended */
+    void *(*prepare)(const char *body, size_t len);
+    void (*prepared_free)(void *result);
+    srv_buf body;
+    void *result;
+} prep_job;
+
+static void prepare_work(uv_work_t *work)
+{
+    prep_job *j = work->data;
+    j->result = j->prepare(j->body.data ? j->body.data : "", j->body.len);
+}
+
+/* Takes c off the list of connections being prepared; its job runs on, alone. */
+static void unprepare(srv_conn *c)
+{
+    if (!c->prep)
+        return;
+    c->prep->conn = NULL;
+    c->prep = NULL;
+    if (c->prep_prev)
+        c->prep_prev->prep_next = c->prep_next;
+    else
+        c->http->preparing = c->prep_next;
+    if (c->prep_next)
+        c->prep_next->prep_prev = c->prep_prev;
+    if (c->state == CONN_PREPARING)
+        c->http->deferred--;
+}
+
+static void prepare_done(uv_work_t *work, int status)
+{
+    (void)status;
+    prep_job *j = work->data;
+    srv_conn *c = j->conn;
+    if (!c) {
+        j->prepared_free(j->result);
+        srv_buf_free(&j->body);
+        free(j);
+        return;
+    }
+    unprepare(c);
+    c->body = j->body;
+    c->prepared = j->result;
+    free(j);
+    c->state = CONN_PREPARED;
+    resume(c);
+}
+
+/* Hands c's body to the pool; false (c untouched) when it cannot. */
+static bool start_prepare(srv_conn *c)
+{
+    srv_http *h = c->http;
+    prep_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return false;
+    *j = (prep_job){.conn = c, .prepare = h->hooks.prepare,
+                    .prepared_free = h->hooks.prepared_free, .body = c->body};
+    j->work.data = j;
+    if (uv_queue_work(h->loop, &j->work, prepare_work, prepare_done) != 0) {
+        free(j);
+        return false;
+    }
+    srv_buf_init(&c->body);
+    c->prep = j;
+    c->prep_next = h->preparing;
+    if (h->preparing)
+        h->preparing->prep_prev = c;
+    h->preparing = c;
+    c->state = CONN_PREPARING;
+    h->deferred++;
+    suspend(c);
+    return true;
 }
 
 /* The path of a request target. The absolute form ("http://host/path"),
@@ -313,6 +410,9 @@ static srv_conn *conn_new(srv_http *h, struct MHD_Connection *mhd, const char *m
 
 static void conn_free(srv_conn *c)
 {
+    unprepare(c);
+    if (c->prepared)
+        c->http->hooks.prepared_free(c->prepared);
     unwatch(c);
     srv_buf_free(&c->body);
     srv_buf_free(&c->stream);
@@ -491,6 +591,14 @@ static const char *bad_framing(srv_conn *c, int *status)
     return NULL;
 }
 
+/* The body's Content-Length (already held to max_body_bytes), or 0. */
+static size_t declared_length(srv_conn *c)
+{
+    const char *cl = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return cl ? (size_t)strtoull(cl, NULL, 10) : 0;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **req_cls)
@@ -532,12 +640,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
                 return refuse_body(c, 413, "request body is larger than the limit of %zu bytes",
                                    h->cfg.max_body_bytes);
             }
+            if (!c->body.cap) /* the declared length at once: no copy on each doubling */
+                srv_buf_reserve(&c->body, declared_length(c));
             srv_buf_append(&c->body, upload_data, n);
             if (c->body.oom)
                 return refuse_body(c, 503, "out of memory for a body of %zu bytes", c->body.len);
             return MHD_YES;
         }
         clock_set(mhd, 0); /* received: the clock rests while it is answered */
+        if (h->hooks.prepare_if && h->hooks.prepare_if(h->hooks.ud, c) && start_prepare(c))
+            return MHD_YES;
+        h->hooks.dispatch(h->hooks.ud, c);
+        return MHD_YES;
+    case CONN_PREPARED:
+        c->state = CONN_READING;
         h->hooks.dispatch(h->hooks.ud, c);
         return MHD_YES;
     case CONN_DISCARDING:
@@ -562,6 +678,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
             return queue_stream(c);
         return MHD_YES;
     case CONN_ANSWERED:
+    case CONN_PREPARING:
     case CONN_DEFERRED:
         *upload_size = 0; /* a body after an early answer: discarded */
         return MHD_YES;
@@ -584,6 +701,7 @@ static void on_completed(void *cls, struct MHD_Connection *mhd, void **req_cls,
     }
     if (c->state == CONN_DEFERRED)
         h->deferred--;
+    unprepare(c);
     h->hooks.completed(h->hooks.ud, c);
     conn_free(c);
     *req_cls = NULL;
@@ -725,6 +843,15 @@ static void handle_closed(uv_handle_t *handle)
 
 void srv_http_stop(srv_http *h)
 {
+    /* MHD must not stop with connections suspended: one still being prepared
+     * is answered without waiting for its job. */
+    while (h->preparing) {
+        srv_conn *c = h->preparing;
+        unprepare(c);
+        srv_reply_detail(&c->reply, 503, SRV_SHUTTING_DOWN);
+        c->state = CONN_READY;
+        resume(c);
+    }
     run_mhd(h); /* sends what was resumed since the last run (resume only schedules one) */
     uv_poll_stop(&h->poll);
     MHD_stop_daemon(h->mhd);
@@ -796,6 +923,11 @@ const char *srv_conn_body(const srv_conn *c, size_t *len)
 {
     *len = c->body.len;
     return c->body.data ? c->body.data : "";
+}
+
+const void *srv_conn_prepared(const srv_conn *c)
+{
+    return c->prepared;
 }
 
 void srv_conn_send(srv_conn *c)

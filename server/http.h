@@ -6,7 +6,8 @@
  * microhttpd.h; the rest of the server sees requests as srv_conn.
  *
  * A request's life: http.c gathers the body (refusing it past max_body_bytes),
- * then calls the dispatch function once. The handler either answers at once
+ * has the thread pool prepare it if asked (hooks.prepare_if), then calls the
+ * dispatch function once. The handler either answers at once
  * (srv_conn_send) or defers (srv_conn_defer): the connection is suspended, its
  * socket watched for the client going away, and answered later with
  * srv_conn_resume from the loop thread. A streamed answer (server-sent events)
@@ -40,7 +41,15 @@ typedef struct srv_http_hooks {
      * written the answer into srv_conn_reply (the body is then never taken
      * in). */
     bool (*route)(void *ud, srv_conn *c);
-    /* Called once per routed request, with its body complete. */
+    /* Optional (all three or none): work on a complete body that would
+     * stall the loop, such as parsing a large JSON document, done on libuv's
+     * thread pool before dispatch. prepare_if (loop thread) says whether the
+     * request needs it; prepare (a pool thread) sees only the body, and its
+     * result is srv_conn_prepared(c) at dispatch; prepared_free frees it. */
+    bool (*prepare_if)(void *ud, srv_conn *c);
+    void *(*prepare)(const char *body, size_t len);
+    void (*prepared_free)(void *result);
+    /* Called once per routed request, with its body complete (and prepared). */
     void (*dispatch)(void *ud, srv_conn *c);
     /* Called when a request is finished (answered or abandoned), for the
      * access log and metrics; the connection is freed right after. */
@@ -67,6 +76,8 @@ const char *srv_conn_path(const srv_conn *c);
 const char *srv_conn_query(const srv_conn *c, const char *key, size_t *len);
 const char *srv_conn_header(const srv_conn *c, const char *name);
 const char *srv_conn_body(const srv_conn *c, size_t *len);
+/* What srv_http_hooks.prepare made of the body, or NULL. */
+const void *srv_conn_prepared(const srv_conn *c);
 double srv_conn_start_time(const srv_conn *c); /* monotonic seconds */
 
 /* Per-request data of the server's (route, model, job). */

@@ -148,8 +148,9 @@ static int texts_of(json_t *root, const char **texts, size_t *lens, size_t *n, c
     json_t *inputs = json_object_get(root, "inputs"), *in = NULL;
     for (size_t i = 0; i < json_array_size(inputs) && !in; i++) {
         json_t *t = json_array_get(inputs, i);
-        if (json_is_string(json_object_get(t, "datatype")) &&
-            strcmp(json_string_value(json_object_get(t, "datatype")), "BYTES") == 0)
+        json_t *type = json_object_get(t, "datatype");
+        if (json_is_string(type) && json_string_length(type) == 5 &&
+            memcmp(json_string_value(type), "BYTES", 5) == 0)
             in = t;
     }
     json_t *data = json_object_get(in, "data");
@@ -212,14 +213,15 @@ static void infer_classify(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
 
 /* Generation through v2: the prompt and the request's "parameters" become a
  * text-generation-inference request, answered as "text_output". */
-static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *root, const char *prompt)
+static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *root,
+                           const char *prompt, size_t prompt_len)
 {
     json_t *params = json_object_get(root, "parameters");
     if (params && !json_is_object(params) && !json_is_null(params)) {
         v2_error(c, 400, "\"parameters\" must be an object");
         return;
     }
-    json_t *tgi = json_pack("{s:s, s:o}", "inputs", prompt, "parameters",
+    json_t *tgi = json_pack("{s:s%, s:o}", "inputs", prompt, prompt_len, "parameters",
                             json_is_object(params) ? json_incref(params) : json_object());
     json_t *p = json_object_get(tgi, "parameters");
     json_t *max_tokens = json_object_get(p, "max_tokens"), *max_new = json_object_get(p, "max_new_tokens");
@@ -258,13 +260,15 @@ void srv_v2_infer(void *server, srv_conn *c, void *ctx)
     srv_worker *w = loaded_model(s, c, ctx);
     if (!w)
         return;
-    size_t len;
-    const char *body = srv_conn_body(c, &len);
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    srv_request in = srv_request_of(s, c);
+    char why_not[160];
+    json_t *root = srv_json_value(&in, why_not, sizeof why_not);
     if (!json_is_object(root)) {
+        if (root)
+            v2_error(c, 400, "request body is not a JSON object");
+        else
+            v2_error(c, 400, "request body is not JSON: %s", why_not);
         json_decref(root);
-        v2_error(c, 400, "request body is not a JSON object: %s", root ? "" : jerr.text);
         return;
     }
     const char *texts[MAX_TEXTS], *why;
@@ -277,7 +281,7 @@ void srv_v2_infer(void *server, srv_conn *c, void *ctx)
     else if (w->model->task == MODEL_TASK_CLASSIFY)
         infer_classify(s, c, w, root, texts, lens, n);
     else if (w->model->task == MODEL_TASK_GENERATE && n == 1)
-        infer_generate(s, c, w, root, texts[0]);
+        infer_generate(s, c, w, root, texts[0], lens[0]);
     else
         v2_error(c, 400, "model %s takes %s", w->name,
                  w->model->task == MODEL_TASK_GENERATE ? "one text_input" : "no v2 inference requests");

@@ -4,25 +4,71 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* Any JSON value parses, so a non-object gets pydantic's dict_type answer;
+ * NULs inside strings are kept (every reader takes the string's length). */
+enum { BODY_FLAGS = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL };
+
+typedef struct json_parse {
+    json_t *value; /* NULL when the body is not JSON: */
+    json_error_t err;
+} json_parse;
+
+static void parse(const char *body, size_t len, json_parse *p)
+{
+    p->value = json_loadb(body ? body : "", len, BODY_FLAGS, &p->err);
+}
+
+void *srv_json_prepare(const char *body, size_t len)
+{
+    json_parse *p = malloc(sizeof *p);
+    if (p)
+        parse(body, len, p);
+    return p;
+}
+
+void srv_json_prepared_free(void *prepared)
+{
+    if (prepared)
+        json_decref(((json_parse *)prepared)->value);
+    free(prepared);
+}
+
+/* The body parsed here, or the prepared parse with a reference of our own. */
+static void parse_body(const srv_request *in, json_parse *p)
+{
+    if (!in->prepared) {
+        parse(in->body, in->body_len, p);
+        return;
+    }
+    *p = *(const json_parse *)in->prepared;
+    json_incref(p->value);
+}
+
+void *srv_json_value(const srv_request *in, char *why, size_t cap)
+{
+    json_parse p;
+    parse_body(in, &p);
+    if (!p.value)
+        snprintf(why, cap, "%s", p.err.text);
+    return p.value;
+}
+
 int srv_json_body(const srv_request *in, void **root, srv_reply *err)
 {
-    json_error_t jerr;
-    /* Any JSON value parses, so a non-object gets pydantic's dict_type answer;
-     * NULs inside strings are kept (every reader takes the string's length). */
-    json_t *v = json_loadb(in->body ? in->body : "", in->body_len,
-                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-    if (!v) {
-        srv_reply_json_invalid(err, jerr.position, jerr.text);
+    json_parse p;
+    parse_body(in, &p);
+    if (!p.value) {
+        srv_reply_json_invalid(err, p.err.position, p.err.text);
         return -1;
     }
-    if (!json_is_object(v)) {
-        char *input = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!json_is_object(p.value)) {
+        char *input = json_dumps(p.value, JSON_COMPACT | JSON_ENCODE_ANY);
         srv_reply_invalid(err, "dict_type", "body", NULL, "Input should be a valid dictionary", input);
         free(input);
-        json_decref(v);
+        json_decref(p.value);
         return -1;
     }
-    *root = v;
+    *root = p.value;
     return 0;
 }
 

@@ -5,7 +5,7 @@ long inputs)."""
 import json
 import time
 
-from harness import check, eq, expect, oracle, q, request, stream_post, test
+from harness import check, connect, eq, expect, oracle, q, request, stream_post, test
 
 MISSING_TEXT = ('{"detail":[{"type":"missing","loc":["query","text"],"msg":"Field required",'
                 '"input":null}]}')
@@ -263,6 +263,46 @@ def body_at_limit(d):
     r, sent = stream_post(d.port, "/predict", len(body) + 1)
     check(r is not None, "an answer to a body one byte too large")
     expect(r, 413, TOO_LARGE)
+
+
+# Bodies of 64 KiB and more are parsed on the thread pool, not the loop
+# (SRV_PREPARE_MIN_BYTES): the same answers and errors as small ones.
+PREPARED = 64 * 1024
+
+
+@test()
+def large_bodies_parsed_off_the_loop(d):
+    text = words(13000)
+    body = json.dumps({"inputs": text, "truncate": True})
+    check(PREPARED <= len(body) < 120000, "a body over the threshold the CLI can take: %d" % len(body))
+    expect(d.post("/predict", body.encode()), 200, oracle(body=json.dumps({"inputs": words(510)}))[0])
+    for bad in [body[:-1], body.replace('"truncate"', "truncate"), "[" + "1," * 40000 + "1]"]:
+        check(len(bad) >= PREPARED, "over the threshold")
+        r = d.post("/predict", bad.encode())
+        eq(r.body, oracle(body=bad)[0], "body vs the CLI oracle for %r..." % bad[:30])
+        eq(r.status, 422, "status")
+    expect(d.post("/models/tiny/tokenize", json.dumps({"inputs": "good " * 20000}).encode()), 422)
+    # KServe takes the same parse, with its own error shape.
+    for bad, says in [(body[:-1], "request body is not JSON: "),
+                      ("[" + "1," * 40000 + "1]", "request body is not a JSON object")]:
+        r = d.post("/v2/models/tiny/infer", bad.encode())
+        eq(r.status, 400, "KServe status")
+        check(list(r.json()) == ["error"] and r.json()["error"].startswith(says),
+              "KServe error %r" % r.body[:100])
+
+
+@test()
+def client_gone_while_its_body_is_parsed(d):
+    # Clients that hang up right after sending a large body: whether the
+    # close lands before, during or after the parse, the daemon stays whole.
+    body = json.dumps({"inputs": ["good"] * 100000}).encode()
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    for _ in range(20):
+        s = connect(d.port)
+        s.sendall(head + body)
+        s.close()
+    expect(d.get("/health"), 200, '{"status":"ok"}')
+    expect(d.post("/predict?text=good"), 200, oracle(text="good")[0])
 
 
 @test()

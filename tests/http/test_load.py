@@ -326,6 +326,29 @@ def queued_at_shutdown_deadline_503():
     expect(result["r"], 503, '{"detail":"Service is shutting down"}')
 
 
+@test(daemon=None)
+def body_being_parsed_at_shutdown_deadline():
+    # SIGTERM with no time left while a 15 MB body is parsed on the thread
+    # pool: the daemon stops cleanly (the parse finishes alone, its memory
+    # freed), the client getting the request's own 422 or a 503.
+    d = Daemon(["--model", "tiny=" + TINY, "--shutdown-timeout", "0",
+                "--max-body-bytes", "16777216"], label="parse_stop").start()
+    body = json.dumps({"inputs": ["a"] * 3000000}).encode()
+    conn = http.client.HTTPConnection(HOST, d.port, timeout=30 * SLOW)
+    conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    d.terminate()
+    try:
+        r = conn.getresponse()
+        answer = (r.status, r.read())
+    except (http.client.HTTPException, OSError):
+        answer = None  # closed before an answer could leave
+    eq(d.wait(30), 0, "exit code")
+    d.check_clean()
+    if answer:
+        check(answer[0] == 422 or answer == (503, b'{"detail":"Service is shutting down"}'),
+              "the request's 422 or a 503: %r" % (answer[:1] + (answer[1][:100],),))
+
+
 # ---- a client leaves while its batch runs ---------------------------------------------------
 
 config("long_batch", ["--model", "tiny=" + TINY, "--inline-max-us", "0",
