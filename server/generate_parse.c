@@ -215,16 +215,39 @@ static int derived_max_new(const model *m, srv_gen_form form, int n_prompt)
     return want < room ? want : room;
 }
 
-static int add_prompt(srv_gen_job *job, const char *text, size_t len)
+/* Until the job is accepted its prompts point into the request (its JSON or
+ * query string): one refused for its length is never copied (a 15 MB prompt
+ * cost the loop thread up to 160 ms of page faults). */
+static void add_prompt(srv_gen_job *job, const char *text, size_t len)
 {
     size_t i = job->n++;
-    job->prompt_text[i] = malloc(len + 1);
-    if (!job->prompt_text[i])
-        return -1;
-    memcpy(job->prompt_text[i], text, len);
-    job->prompt_text[i][len] = '\0';
+    job->prompt_text[i] = (char *)text;
     job->prompt_text_len[i] = len;
+}
+
+/* The accepted job's own copies of its prompts; on failure (503) it holds
+ * only what it copied, the rest NULL, as on any refusal (forget_prompts). */
+static int own_prompts(srv_gen_job *job, srv_reply *err)
+{
+    for (size_t i = 0; i < job->n; i++) {
+        char *copy = malloc(job->prompt_text_len[i] + 1);
+        if (!copy) {
+            for (size_t k = i; k < job->n; k++)
+                job->prompt_text[k] = NULL;
+            srv_reply_detail(err, 503, "out of memory");
+            return -1;
+        }
+        memcpy(copy, job->prompt_text[i], job->prompt_text_len[i]);
+        copy[job->prompt_text_len[i]] = '\0';
+        job->prompt_text[i] = copy;
+    }
     return 0;
+}
+
+static void forget_prompts(srv_gen_job *job)
+{
+    for (size_t i = 0; job->prompt_text && i < job->n; i++)
+        job->prompt_text[i] = NULL;
 }
 
 static int alloc_prompts(srv_gen_job *job, size_t n, srv_reply *err)
@@ -254,8 +277,7 @@ static int read_prompt_field(json_t *v, const char *field, const srv_request *in
         json_t *t = json_is_array(v) ? json_array_get(v, i) : v;
         if (!json_is_string(t))
             return bad(err, field, "string_type", "Input should be a valid string", t);
-        if (add_prompt(job, json_string_value(t), json_string_length(t)))
-            return bad(err, field, "memory", "out of memory", NULL);
+        add_prompt(job, json_string_value(t), json_string_length(t));
     }
     return 0;
 }
@@ -265,8 +287,9 @@ static int parse_pipeline(const srv_request *in, json_t *root, gen_params *g, sr
                           srv_reply *err)
 {
     if (in->query_text) {
-        if (alloc_prompts(job, 1, err) || add_prompt(job, in->query_text, in->query_text_len))
+        if (alloc_prompts(job, 1, err))
             return -1;
+        add_prompt(job, in->query_text, in->query_text_len);
         return 0;
     }
     json_t *text = json_object_get(root, "text");
@@ -481,12 +504,16 @@ int srv_gen_parse(const model *m, srv_gen_form form, const srv_request *in, srv_
         rc = parse_tgi(in, root, &g, job, err);
     else
         rc = parse_openai(in, root, &g, job, err);
-    json_decref(root);
     bool explicit_max = g.max_new_tokens > 0;
     for (size_t i = 0; !rc && i < job->n; i++)
         rc = setup_seq(m, in, job, i, &g, explicit_max, err);
     if (!rc)
         rc = check_combination(in, job, job->n ? &job->seqs[0].params : &g, err);
+    if (!rc)
+        rc = own_prompts(job, err);
+    else
+        forget_prompts(job);
+    json_decref(root); /* the prompts' strings until own_prompts */
     return rc ? -1 : 0;
 }
 
