@@ -20,27 +20,11 @@ static int alloc_texts(srv_classify_req *req, size_t n, srv_reply *err)
     return 0;
 }
 
+/* Text i of the request, cut at the model's limit if the request asks. */
 static int tokenize_one(const model *m, const srv_request *in, srv_classify_req *req, size_t i,
                         const char *text, size_t len, srv_reply *err)
 {
-    int max = srv_limits_input_tokens(in->limits, m->max_positions);
-    /* Truncating, it is enough to know there are more than max. */
-    size_t count_max = req->truncate ? (size_t)max : srv_count_max((size_t)max);
-    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max, .count_max = count_max};
-    eng_err e = {0};
-    if (tok_encode(m->tok, text, len, &opts, &req->enc[i], &e)) {
-        srv_reply_eng_error(err, &e);
-        return -1;
-    }
-    if (req->enc[i].n_untruncated > (size_t)max && !req->truncate) {
-        /* Only a JSON body can ask for truncation: no hint to a ?text= client. */
-        char given[SRV_TOKENS_GIVEN_SIZE];
-        srv_reply_detail(err, 422, "Input validation error: `inputs` must have at most %d tokens. "
-                         "Given: %s%s", max, srv_tokens_given(req->enc[i].n_untruncated, count_max, given),
-                         in->query_text ? "" : " (send \"truncate\": true to cut it)");
-        return -1;
-    }
-    return 0;
+    return srv_tokenize_input(m, in, "inputs", text, len, req->truncate, &req->enc[i], err);
 }
 
 static int alloc_logits(const model *m, srv_classify_req *req, srv_reply *err)

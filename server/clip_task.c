@@ -115,28 +115,12 @@ static int alloc_texts(srv_clip_req *req, size_t n, bool labels, srv_reply *err)
 
 /* Tokenizes one text; over-long texts are cut (keeping the end-of-text
  * token) unless the request said "truncate": false. */
-static int add_text(const model *m, const srv_request *in, srv_clip_req *req, const char *text,
-                    size_t len, bool truncate, srv_reply *err)
+static int add_text(const model *m, const srv_request *in, srv_clip_req *req, const char *field,
+                    const char *text, size_t len, bool truncate, srv_reply *err)
 {
-    int max = srv_limits_input_tokens(in->limits, m->max_positions);
-    tok_encoding *enc = &req->texts[req->n_texts];
+    tok_encoding *enc = &req->texts[req->n_texts++];
     tok_encoding_init(enc);
-    req->n_texts++;
-    size_t count_max = truncate ? (size_t)max : srv_count_max((size_t)max);
-    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max, .count_max = count_max};
-    eng_err e = {0};
-    if (tok_encode(m->tok, text, len, &opts, enc, &e)) {
-        srv_reply_eng_error(err, &e);
-        return -1;
-    }
-    if (!truncate && enc->n_untruncated > (size_t)max) {
-        char given[SRV_TOKENS_GIVEN_SIZE];
-        srv_reply_detail(err, 422, "Input validation error: a text has %s tokens, the model takes "
-                         "at most %d (send \"truncate\": true to cut it)",
-                         srv_tokens_given(enc->n_untruncated, count_max, given), max);
-        return -1;
-    }
-    return 0;
+    return srv_tokenize_input(m, in, field, text, len, truncate, enc, err);
 }
 
 static int read_texts(const model *m, srv_clip_req *req, json_t *v, const char *field,
@@ -153,7 +137,7 @@ static int read_texts(const model *m, srv_clip_req *req, json_t *v, const char *
         json_t *t = json_is_string(v) ? v : json_array_get(v, i);
         if (!json_is_string(t))
             return bad(err, field, "string_type", "Input should be a valid string", t);
-        if (add_text(m, in, req, json_string_value(t), json_string_length(t), truncate, err))
+        if (add_text(m, in, req, field, json_string_value(t), json_string_length(t), truncate, err))
             return -1;
     }
     return 0;
@@ -204,7 +188,8 @@ static int read_labels(const model *m, srv_clip_req *req, const char *const *lab
         size_t len;
         char *text = fill_template(tmpl, tmpl_len, labels[i], lens[i], &len);
         req->labels[i] = strndup(labels[i], lens[i]);
-        int rc = !text || !req->labels[i] ? -1 : add_text(m, in, req, text, len, true, err);
+        int rc = !text || !req->labels[i]
+                     ? -1 : add_text(m, in, req, "candidate_labels", text, len, true, err);
         free(text);
         if (rc) {
             if (!err->status)

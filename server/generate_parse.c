@@ -413,13 +413,8 @@ static int setup_seq(const model *m, const srv_request *in, srv_gen_job *job, si
                          max_new, limit_new, q->params.max_new_tokens);
         return -1;
     }
-    if (q->n_prompt > max_input) {
-        char given[SRV_TOKENS_GIVEN_SIZE];
-        srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens. "
-                         "Given: %s", prompt, max_input,
-                         srv_tokens_given((size_t)q->n_prompt, count_max, given));
-        return -1;
-    }
+    if (q->n_prompt > max_input)
+        return srv_reply_too_long(err, prompt, max_input, (size_t)q->n_prompt, count_max, false);
     int limit_prompt = in->limits && in->limits->max_batch_tokens ? in->limits->max_batch_tokens : INT_MAX;
     if (q->n_prompt > limit_prompt) { /* a prompt is prefilled in one step */
         srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens "

@@ -114,13 +114,36 @@ size_t srv_count_max(size_t max)
     return 4 * max;
 }
 
-const char *srv_tokens_given(size_t n, size_t count_max, char buf[SRV_TOKENS_GIVEN_SIZE])
+int srv_reply_too_long(srv_reply *err, const char *field, int max, size_t n, size_t count_max,
+                       bool hint)
 {
+    char given[32];
     if (n > count_max)
-        snprintf(buf, SRV_TOKENS_GIVEN_SIZE, "more than %zu", count_max);
+        snprintf(given, sizeof given, "more than %zu", count_max);
     else
-        snprintf(buf, SRV_TOKENS_GIVEN_SIZE, "%zu", n);
-    return buf;
+        snprintf(given, sizeof given, "%zu", n);
+    srv_reply_detail(err, 422, "Input validation error: `%s` must have at most %d tokens. "
+                     "Given: %s%s", field, max, given,
+                     hint ? " (send \"truncate\": true to cut it)" : "");
+    return -1;
+}
+
+int srv_tokenize_input(const model *m, const srv_request *in, const char *field,
+                       const char *text, size_t len, bool truncate, tok_encoding *enc,
+                       srv_reply *err)
+{
+    int max = srv_limits_input_tokens(in->limits, m->max_positions);
+    /* Truncating, it is enough to know there are more than max. */
+    size_t count_max = truncate ? (size_t)max : srv_count_max((size_t)max);
+    tok_encode_opts opts = {.add_special = true, .max_len = (size_t)max, .count_max = count_max};
+    eng_err e = {0};
+    if (tok_encode(m->tok, text, len, &opts, enc, &e)) {
+        srv_reply_eng_error(err, &e);
+        return -1;
+    }
+    if (!truncate && enc->n_untruncated > (size_t)max)
+        return srv_reply_too_long(err, field, max, enc->n_untruncated, count_max, !in->query_text);
+    return 0;
 }
 
 int srv_reply_too_many(srv_reply *err, const char *field, size_t n, size_t limit)

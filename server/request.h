@@ -6,6 +6,8 @@
 #include <stddef.h>
 
 #include "engine/error.h"
+#include "models/model.h"
+#include "models/tokenizer.h"
 #include "server/reply.h"
 
 /* A KServe v2 request's "id" is echoed in its answer: at most this many
@@ -30,11 +32,15 @@ int srv_limits_input_tokens(const srv_limits *lim, int model_max);
 /* Tokenizing a text whose limit is max stops past srv_count_max(max) tokens
  * (tok_encode_opts.count_max), so a long text costs the loop thread a pass
  * over its bytes, not a tokenization of all of them: a 422 names the exact
- * count up to 4x the limit, and "more than" past it (srv_tokens_given
- * writes either into buf). */
+ * count up to 4x the limit, and "more than" past it. */
 size_t srv_count_max(size_t max);
-#define SRV_TOKENS_GIVEN_SIZE 32
-const char *srv_tokens_given(size_t n, size_t count_max, char buf[SRV_TOKENS_GIVEN_SIZE]);
+
+/* The 422 of an input over the model's limit, in text-embeddings-inference's
+ * words: "`field` must have at most max tokens. Given: n" (n counted up to
+ * count_max); hint adds how to ask for truncation. Returns -1. */
+int srv_reply_too_long(srv_reply *err, const char *field, int max, size_t n, size_t count_max,
+                       bool hint);
+
 
 typedef struct srv_request {
     const char *query_text; /* the ?text= parameter, or NULL */
@@ -45,6 +51,14 @@ typedef struct srv_request {
     const srv_limits *limits;
     const void *prepared;   /* the body already parsed (srv_json_prepare), or NULL */
 } srv_request;
+
+/* Tokenizes one input text, special tokens added, against the model's input
+ * limit (srv_limits_input_tokens): cut there when truncate, else refused past
+ * it with srv_reply_too_long naming field (and the hint unless the text came
+ * as ?text=, which cannot ask for truncation). Returns 0, or -1 with err. */
+int srv_tokenize_input(const model *m, const srv_request *in, const char *field,
+                       const char *text, size_t len, bool truncate, tok_encoding *enc,
+                       srv_reply *err);
 
 /* A request body of at least this many bytes is parsed on libuv's thread
  * pool before its handler runs (srv_json_prepare): jansson takes 15 to 90 ms
