@@ -228,19 +228,17 @@ static void infer_generate(srv_server *s, srv_conn *c, srv_worker *w, json_t *ro
     if (max_tokens && (!max_new || json_is_null(max_new)))
         json_object_set(p, "max_new_tokens", max_tokens);
     json_object_del(p, "max_tokens");
-    char *body = json_dumps(tgi, JSON_COMPACT);
-    json_decref(tgi);
-    srv_request in = {.body = body, .body_len = body ? strlen(body) : 0, .limits = &s->limits};
+    srv_request in = {.limits = &s->limits, .prepared = srv_json_prepared_value(tgi)};
     srv_job *job = calloc(1, sizeof *job);
-    if (!job || !body) {
+    if (!job || !tgi || !in.prepared) {
         free(job);
-        free(body);
+        srv_json_prepared_free((void *)in.prepared);
         v2_error(c, 503, "out of memory");
         return;
     }
     job->worker = w;
     int rc = srv_gen_parse(w->model, SRV_GEN_TGI, &in, &job->gen, srv_conn_reply(c));
-    free(body);
+    srv_json_prepared_free((void *)in.prepared);
     if (rc) {
         srv_job_free(job);
         send_as_v2(c);

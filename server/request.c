@@ -26,6 +26,16 @@ void *srv_json_prepare(const char *body, size_t len)
     return p;
 }
 
+void *srv_json_prepared_value(void *value)
+{
+    json_parse *p = calloc(1, sizeof *p);
+    if (p)
+        p->value = value;
+    else
+        json_decref(value);
+    return p;
+}
+
 void srv_json_prepared_free(void *prepared)
 {
     if (prepared)

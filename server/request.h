@@ -69,6 +69,10 @@ int srv_tokenize_input(const model *m, const srv_request *in, const char *field,
  * then take instead of parsing again. NULL only when out of memory. */
 void *srv_json_prepare(const char *body, size_t len);
 void srv_json_prepared_free(void *prepared);
+/* A JSON value built in memory (a json_t *, its reference taken over) as a
+ * prepared body, for a handler that hands another's parser a request it
+ * built; NULL (the reference dropped) when out of memory. */
+void *srv_json_prepared_value(void *value);
 
 /* Parses a JSON body into *root (a json_t *, kept opaque here so that only the
  * JSON layer includes jansson), or takes in->prepared's value. On failure

@@ -281,9 +281,9 @@ def generate_running_sequences_counts_beams(d):
 
 @test(daemon="gpt2")
 def kserve_v2_generation_parameters(d):
-    def infer(params):
+    def infer(params, prompt="Hello"):
         body = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES",
-                            "data": ["Hello"]}]}
+                            "data": [prompt]}]}
         if params is not None:
             body["parameters"] = params
         return post_json(d, "/v2/models/gpt2/infer", body)
@@ -294,6 +294,13 @@ def kserve_v2_generation_parameters(d):
     got = infer({"max_tokens": 3, "max_new_tokens": None})
     eq(got.status, 200, "max_tokens beside a null max_new_tokens")
     eq(got.json()["outputs"][0]["data"], [want.json()["generated_text"]], "three tokens")
+    # A NUL inside the prompt is part of it, as /generate takes it.
+    prompt = "Hello\u0000 world"
+    want = post_json(d, "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 3}})
+    cut = post_json(d, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 3}})
+    check(want.json() != cut.json(), "the NUL and what follows change the answer")
+    eq(infer({"max_new_tokens": 3}, prompt).json()["outputs"][0]["data"],
+       [want.json()["generated_text"]], "the whole prompt")
 
 
 config("gpt2_kv_9000", ["--model", "gpt2=" + GPT2, "--max-batch-total-tokens", "9000"])
