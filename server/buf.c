@@ -28,7 +28,7 @@ void srv_buf_clear(srv_buf *b)
         b->data[0] = '\0';
 }
 
-bool srv_buf_reserve(srv_buf *b, size_t extra)
+static bool reserve(srv_buf *b, size_t extra)
 {
     if (b->oom)
         return false;
@@ -49,7 +49,7 @@ bool srv_buf_reserve(srv_buf *b, size_t extra)
 
 void srv_buf_append(srv_buf *b, const char *s, size_t n)
 {
-    if (!srv_buf_reserve(b, n))
+    if (!reserve(b, n))
         return;
     memcpy(b->data + b->len, s, n);
     b->len += n;
@@ -67,7 +67,7 @@ void srv_buf_printf(srv_buf *b, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0 || !srv_buf_reserve(b, (size_t)n))
+    if (n < 0 || !reserve(b, (size_t)n))
         return;
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
@@ -78,7 +78,7 @@ void srv_buf_printf(srv_buf *b, const char *fmt, ...)
 char *srv_buf_take(srv_buf *b, size_t *len)
 {
     if (!b->data)
-        srv_buf_reserve(b, 0);
+        reserve(b, 0);
     char *p = b->data;
     if (len)
         *len = b->len;

@@ -20,8 +20,6 @@ void srv_buf_init(srv_buf *b);
 void srv_buf_free(srv_buf *b);
 void srv_buf_clear(srv_buf *b);
 void srv_buf_append(srv_buf *b, const char *s, size_t n);
-/* Makes room for extra more bytes (false, and oom set, when it cannot). */
-bool srv_buf_reserve(srv_buf *b, size_t extra);
 void srv_buf_puts(srv_buf *b, const char *s);
 void srv_buf_printf(srv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Hands the data to the caller (who frees it) and empties the buffer. */

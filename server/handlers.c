@@ -19,6 +19,7 @@
 typedef struct req_ctx {
     const srv_route *route;
     srv_worker *worker; /* the model named in the path, or the default model */
+    bool arrived_ready; /* its body was in while the server was ready */
 } req_ctx;
 
 srv_request srv_request_of(srv_server *s, srv_conn *c)
@@ -30,10 +31,16 @@ srv_request srv_request_of(srv_server *s, srv_conn *c)
     return in;
 }
 
-/* Answers 503 unless the server is ready and the model loaded. */
+bool srv_request_admitted(const srv_server *s, void *ctx)
+{
+    return s->state == SRV_STATE_READY ||
+           (s->state == SRV_STATE_STOPPING && ((req_ctx *)ctx)->arrived_ready);
+}
+
+/* Answers 503 unless the request may run a model (srv_request_admitted). */
 static bool ready(srv_server *s, srv_conn *c)
 {
-    if (s->state == SRV_STATE_READY)
+    if (srv_request_admitted(s, srv_conn_data(c)))
         return true;
     srv_reply_detail(srv_conn_reply(c), 503, s->state == SRV_STATE_LOADING
                                                  ? "Model is loading" : SRV_SHUTTING_DOWN);
@@ -423,11 +430,13 @@ bool srv_route_request(void *server, srv_conn *c)
     return false;
 }
 
-/* Every POST body is JSON, but for multipart uploads (read in one pass
- * already). */
-bool srv_prepare_if(void *server, srv_conn *c)
+bool srv_request_arrived(void *server, srv_conn *c)
 {
-    (void)server;
+    srv_server *s = server;
+    req_ctx *ctx = srv_conn_data(c);
+    ctx->arrived_ready = s->state == SRV_STATE_READY;
+    if (!ctx->arrived_ready)
+        return false; /* answered 503 at once: nothing to parse for */
     size_t len;
     srv_conn_body(c, &len);
     if (len < SRV_PREPARE_MIN_BYTES || strcmp(srv_conn_method(c), "POST") != 0)

@@ -32,6 +32,8 @@ struct srv_http {
     int port;
     int deferred;
     struct srv_conn *preparing; /* connections whose body is on the pool (a list) */
+    bool prep_running; /* a body is being parsed on the pool (its client gone or not) */
+    bool stopped;     /* srv_http_stop ran: freed once closed and no job is out */
     int closing;      /* handles whose close callback has not run yet */
     int open;         /* connections MHD holds now */
     unsigned closed;  /* connections closed so far */
@@ -291,12 +293,19 @@ static void suspend(srv_conn *c)
 
 /* ---- preparing a body on the pool (srv_http_hooks.prepare) ----------------
  *
- * The job holds the body while a pool thread reads it. A connection that ends
- * first (its client gone, or the server stopping) only unhooks itself; the job
- * then frees what it holds when it comes back. */
+ * A job holds its connection's body while a pool thread reads it. One job
+ * runs at a time, as the parse once ran on the loop, but beside it: a parse
+ * tree can take 15 times its body's size, so running several would let
+ * clients that send large bodies and hang up hold far more memory than the
+ * loop ever did. The others wait in h->preparing (newest first), still
+ * suspended. A connection that ends first (its client gone, or the server
+ * stopping) leaves the list: a waiting job is freed there, a running one
+ * frees what it holds when it comes back. */
 typedef struct prep_job {
     uv_work_t work;
+    srv_http *http;
     srv_conn *conn; /* NULL once the connection has ended */
+    bool running;   /* handed to the pool */
     void *(*prepare)(const char *body, size_t len);
     void (*prepared_free)(void *result);
     srv_buf body;
@@ -309,12 +318,42 @@ static void prepare_work(uv_work_t *work)
     j->result = j->prepare(j->body.data ? j->body.data : "", j->body.len);
 }
 
-/* Takes c off the list of connections being prepared; its job runs on, alone. */
+static void prep_job_free(prep_job *j)
+{
+    j->prepared_free(j->result);
+    srv_buf_free(&j->body);
+    free(j);
+}
+
+static void prepare_done(uv_work_t *work, int status);
+
+/* Hands the oldest waiting job to the pool when none runs. A job that
+ * cannot be queued is parsed here, on the loop, as before. */
+static void run_next_prepare(srv_http *h)
+{
+    if (h->prep_running)
+        return;
+    srv_conn *oldest = NULL;
+    for (srv_conn *c = h->preparing; c; c = c->prep_next)
+        oldest = c;
+    if (!oldest)
+        return;
+    prep_job *j = oldest->prep;
+    j->running = true;
+    h->prep_running = true;
+    if (uv_queue_work(h->loop, &j->work, prepare_work, prepare_done) != 0) {
+        prepare_work(&j->work);
+        prepare_done(&j->work, 0);
+    }
+}
+
+/* Takes c off the list of connections being prepared: a waiting job is freed,
+ * a running one comes back alone. */
 static void unprepare(srv_conn *c)
 {
-    if (!c->prep)
+    prep_job *j = c->prep;
+    if (!j)
         return;
-    c->prep->conn = NULL;
     c->prep = NULL;
     if (c->prep_prev)
         c->prep_prev->prep_next = c->prep_next;
@@ -324,6 +363,10 @@ static void unprepare(srv_conn *c)
         c->prep_next->prep_prev = c->prep_prev;
     if (c->state == CONN_PREPARING)
         c->http->deferred--;
+    if (j->running)
+        j->conn = NULL;
+    else
+        prep_job_free(j);
 }
 
 static void prepare_done(uv_work_t *work, int status)
@@ -331,10 +374,14 @@ static void prepare_done(uv_work_t *work, int status)
     (void)status;
     prep_job *j = work->data;
     srv_conn *c = j->conn;
+    srv_http *h = j->http;
+    h->prep_running = false;
     if (!c) {
-        j->prepared_free(j->result);
-        srv_buf_free(&j->body);
-        free(j);
+        prep_job_free(j);
+        if (h->stopped && h->closing == 0)
+            free(h); /* it came back after srv_http_stop */
+        else
+            run_next_prepare(h);
         return;
     }
     unprepare(c);
@@ -343,22 +390,22 @@ static void prepare_done(uv_work_t *work, int status)
     free(j);
     c->state = CONN_PREPARED;
     resume(c);
+    run_next_prepare(h);
 }
 
-/* Hands c's body to the pool; false (c untouched) when it cannot. */
+/* Suspends c and hands its body to the pool, after those waiting already;
+ * false (c untouched) when out of memory. */
 static bool start_prepare(srv_conn *c)
 {
     srv_http *h = c->http;
     prep_job *j = calloc(1, sizeof *j);
     if (!j)
         return false;
-    *j = (prep_job){.conn = c, .prepare = h->hooks.prepare,
+    *j = (prep_job){.http = h, .conn = c, .prepare = h->hooks.prepare,
                     .prepared_free = h->hooks.prepared_free, .body = c->body};
     j->work.data = j;
-    if (uv_queue_work(h->loop, &j->work, prepare_work, prepare_done) != 0) {
-        free(j);
-        return false;
-    }
+    srv_log(SRV_LOG_DEBUG, "http: %s %s: parsing its %zu-byte body on the thread pool",
+            c->method, c->path, c->body.len);
     srv_buf_init(&c->body);
     c->prep = j;
     c->prep_next = h->preparing;
@@ -368,6 +415,7 @@ static bool start_prepare(srv_conn *c)
     c->state = CONN_PREPARING;
     h->deferred++;
     suspend(c);
+    run_next_prepare(h);
     return true;
 }
 
@@ -591,12 +639,63 @@ static const char *bad_framing(srv_conn *c, int *status)
     return NULL;
 }
 
-/* The body's Content-Length (already held to max_body_bytes), or 0. */
-static size_t declared_length(srv_conn *c)
+/* The first call for a request: its headers are in, none of its body. */
+static enum MHD_Result on_headers(srv_http *h, srv_conn *c)
 {
+    if (header_size(c) > h->cfg.max_header_bytes)
+        return refuse(c, 431, "request line and headers are larger than the limit of %zu bytes",
+                      h->cfg.max_header_bytes);
+    int status;
+    const char *why = bad_framing(c, &status);
+    if (why) {
+        srv_reply_detail(&c->reply, status, "%s", why);
+        c->reply.close = true;
+        return queue_reply(c);
+    }
     const char *cl = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
-    return cl ? (size_t)strtoull(cl, NULL, 10) : 0;
+    if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes)
+        return refuse(c, 413, "request body is larger than the limit of %zu bytes",
+                      h->cfg.max_body_bytes);
+    /* Refused by its headers (say, no API key): answered before any of
+     * the body is buffered, so such clients cannot hold our memory. */
+    if (!h->hooks.route(h->hooks.ud, c))
+        return queue_reply(c);
+    return MHD_YES;
+}
+
+/* Runs the handler. The body's parse, if the pool made one, is dropped as
+ * soon as it returns: a handler keeps what it needs, and a deferred request
+ * would otherwise hold the whole tree until answered. */
+static void dispatch(srv_http *h, srv_conn *c)
+{
+    h->hooks.dispatch(h->hooks.ud, c);
+    if (c->prepared) {
+        h->hooks.prepared_free(c->prepared);
+        c->prepared = NULL;
+    }
+}
+
+/* A piece of the body, or (none left) the request complete. */
+static enum MHD_Result on_body(srv_http *h, srv_conn *c, const char *data, size_t *size)
+{
+    if (*size) {
+        size_t n = *size;
+        *size = 0;
+        if (c->body.len + n > h->cfg.max_body_bytes) {
+            c->discarded = n;
+            return refuse_body(c, 413, "request body is larger than the limit of %zu bytes",
+                               h->cfg.max_body_bytes);
+        }
+        srv_buf_append(&c->body, data, n);
+        if (c->body.oom)
+            return refuse_body(c, 503, "out of memory for a body of %zu bytes", c->body.len);
+        return MHD_YES;
+    }
+    clock_set(c->mhd, 0); /* received: the clock rests while it is answered */
+    if (!(h->hooks.prepare_if && h->hooks.prepare_if(h->hooks.ud, c) && start_prepare(c)))
+        dispatch(h, c);
+    return MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const char *url,
@@ -610,51 +709,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mhd, const c
         if (!(c = conn_new(h, mhd, method, url)))
             return MHD_NO;
         *req_cls = c;
-        if (header_size(c) > h->cfg.max_header_bytes)
-            return refuse(c, 431, "request line and headers are larger than the limit of %zu bytes",
-                          h->cfg.max_header_bytes);
-        int status;
-        const char *why = bad_framing(c, &status);
-        if (why) {
-            srv_reply_detail(&c->reply, status, "%s", why);
-            c->reply.close = true;
-            return queue_reply(c);
-        }
-        const char *cl = MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes)
-            return refuse(c, 413, "request body is larger than the limit of %zu bytes",
-                          h->cfg.max_body_bytes);
-        /* Refused by its headers (say, no API key): answered before any of
-         * the body is buffered, so such clients cannot hold our memory. */
-        if (!h->hooks.route(h->hooks.ud, c))
-            return queue_reply(c);
-        return MHD_YES;
+        return on_headers(h, c);
     }
     switch (c->state) {
     case CONN_READING:
-        if (*upload_size) {
-            size_t n = *upload_size;
-            *upload_size = 0;
-            if (c->body.len + n > h->cfg.max_body_bytes) {
-                c->discarded = n;
-                return refuse_body(c, 413, "request body is larger than the limit of %zu bytes",
-                                   h->cfg.max_body_bytes);
-            }
-            if (!c->body.cap) /* the declared length at once: no copy on each doubling */
-                srv_buf_reserve(&c->body, declared_length(c));
-            srv_buf_append(&c->body, upload_data, n);
-            if (c->body.oom)
-                return refuse_body(c, 503, "out of memory for a body of %zu bytes", c->body.len);
-            return MHD_YES;
-        }
-        clock_set(mhd, 0); /* received: the clock rests while it is answered */
-        if (h->hooks.prepare_if && h->hooks.prepare_if(h->hooks.ud, c) && start_prepare(c))
-            return MHD_YES;
-        h->hooks.dispatch(h->hooks.ud, c);
-        return MHD_YES;
+        return on_body(h, c, upload_data, upload_size);
     case CONN_PREPARED:
+        /* Back from the pool: dispatched as any request whose body is in,
+         * so the handler's answer (or deferral) moves it on from here. */
         c->state = CONN_READING;
-        h->hooks.dispatch(h->hooks.ud, c);
+        dispatch(h, c);
         return MHD_YES;
     case CONN_DISCARDING:
         if (*upload_size) {
@@ -833,11 +897,12 @@ void srv_http_quiesce(srv_http *h)
 }
 
 /* The handles live inside the object: it is freed when the last of their
- * close callbacks has run (libuv runs them in no order we may rely on). */
+ * close callbacks has run (libuv runs them in no order we may rely on), or
+ * when the last pool job comes back after that (prepare_done). */
 static void handle_closed(uv_handle_t *handle)
 {
     srv_http *h = handle->data;
-    if (--h->closing == 0)
+    if (--h->closing == 0 && !h->prep_running)
         free(h);
 }
 
@@ -856,6 +921,7 @@ void srv_http_stop(srv_http *h)
     uv_poll_stop(&h->poll);
     MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
+    h->stopped = true;
     h->closing = 3;
     uv_close((uv_handle_t *)&h->poll, handle_closed);
     uv_close((uv_handle_t *)&h->timer, handle_closed);

@@ -43,8 +43,8 @@ typedef struct srv_http_hooks {
     bool (*route)(void *ud, srv_conn *c);
     /* Optional (all three or none): work on a complete body that would
      * stall the loop, such as parsing a large JSON document, done on libuv's
-     * thread pool before dispatch. prepare_if (loop thread) says whether the
-     * request needs it; prepare (a pool thread) sees only the body, and its
+     * thread pool before dispatch. prepare_if (loop thread), called for
+     * every routed request once its body is in, says whether it needs it; prepare (a pool thread) sees only the body, and its
      * result is srv_conn_prepared(c) at dispatch; prepared_free frees it. */
     bool (*prepare_if)(void *ud, srv_conn *c);
     void *(*prepare)(const char *body, size_t len);

@@ -349,7 +349,7 @@ static int start(srv_server *s, eng_err *err)
                        .request_timeout_s = s->opts->request_timeout,
                        .max_header_bytes = s->opts->max_header_bytes,
                        .max_body_bytes = s->opts->max_body_bytes};
-    srv_http_hooks hooks = {.route = srv_route_request, .prepare_if = srv_prepare_if,
+    srv_http_hooks hooks = {.route = srv_route_request, .prepare_if = srv_request_arrived,
                             .prepare = srv_json_prepare, .prepared_free = srv_json_prepared_free,
                             .dispatch = srv_handle_request, .completed = srv_request_completed,
                             .ud = s};

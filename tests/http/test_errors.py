@@ -3,9 +3,11 @@ oversized bodies and headers; awkward text (invalid UTF-8, NUL bytes, very
 long inputs)."""
 
 import json
+import threading
 import time
 
-from harness import check, connect, eq, expect, oracle, q, request, stream_post, test
+from harness import (check, connect, eq, expect, oracle, q, request, same_prediction, stream_post,
+                     test)
 
 MISSING_TEXT = ('{"detail":[{"type":"missing","loc":["query","text"],"msg":"Field required",'
                 '"input":null}]}')
@@ -282,6 +284,20 @@ def large_bodies_parsed_off_the_loop(d):
         eq(r.body, oracle(body=bad)[0], "body vs the CLI oracle for %r..." % bad[:30])
         eq(r.status, 422, "status")
     expect(d.post("/models/tiny/tokenize", json.dumps({"inputs": "good " * 20000}).encode()), 422)
+    # Several at once: one parses while the others wait their turn.
+    want = oracle(body=json.dumps({"inputs": words(510)}))[0]
+    answers = [None] * 6
+    def post(i):
+        answers[i] = request(d.port, "POST", "/predict", body.encode(), timeout=30)
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in enumerate(answers):
+        check(r is not None, "client %d answered" % i)
+        expect(r, 200)
+        same_prediction(r.body, want, 1e-5, "client %d (perhaps batched)" % i)
     # KServe takes the same parse, with its own error shape.
     for bad, says in [(body[:-1], "request body is not JSON: "),
                       ("[" + "1," * 40000 + "1]", "request body is not a JSON object")]:
