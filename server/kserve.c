@@ -91,7 +91,7 @@ static const char *tensors_of(const model *m)
 static srv_worker *loaded_model(srv_server *s, srv_conn *c, void *ctx)
 {
     srv_worker *w = srv_request_worker(ctx);
-    if (s->state != SRV_STATE_READY) {
+    if (!srv_request_admitted(s, ctx)) {
         v2_error(c, 503, "model %s is not ready", w->name);
         return NULL;
     }
@@ -272,8 +272,10 @@ void srv_v2_infer(void *server, srv_conn *c, void *ctx)
     const char *texts[MAX_TEXTS], *why;
     size_t lens[MAX_TEXTS], n;
     json_t *id = json_object_get(root, "id");
-    if (id && (!json_is_string(id) || json_string_length(id) >= SRV_V2_ID_SIZE))
-        v2_error(c, 400, "\"id\" must be a string of at most %d bytes", SRV_V2_ID_SIZE - 1);
+    if (id && (!json_is_string(id) || json_string_length(id) >= SRV_V2_ID_SIZE ||
+               strlen(json_string_value(id)) != json_string_length(id)))
+        v2_error(c, 400, "\"id\" must be a string of at most %d bytes, without NUL",
+                 SRV_V2_ID_SIZE - 1);
     else if (texts_of(root, texts, lens, &n, &why))
         v2_error(c, 400, "%s", why);
     else if (w->model->task == MODEL_TASK_CLASSIFY)

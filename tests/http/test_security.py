@@ -97,6 +97,10 @@ def kserve_v2_nul_in_text(d):
     check(abs(outs["score"]["data"][0] - want["score"]) < 1e-5, "score")
     cut = json.loads(oracle(body=json.dumps({"inputs": "a gripping"}))[0])[0]
     check(abs(cut["score"] - want["score"]) > 1e-6, "the text past the NUL counts")
+    nul_id = dict(body, id="req\u0000-7")
+    r = d.post("/v2/models/tiny/infer", body=json.dumps(nul_id))
+    eq(r.status, 400, "an id with a NUL (it would be echoed cut)")
+    check("without NUL" in r.json()["error"], "the error says why: %r" % r.body)
     body["inputs"][0]["datatype"] = "BYTES\u0000x"
     eq(d.post("/v2/models/tiny/infer", body=json.dumps(body)).status, 400, "BYTES\\0x is not BYTES")
 
