@@ -103,18 +103,18 @@ typedef struct block_bufs {
 
 /* One post-LN encoder block, in place on the rows of xq. Keys and values
  * come from every row of x (T rows); the queries, and everything after
- * attention, from xq's rows: x itself (rows = T), or one row per sequence, its
- * first token's (rows = n_seq) -- the last block of a classifier whose head
- * reads nothing else, which saves that block's work on every other token.
- * Either way a row gets the values the full block gives it. */
+ * attention, from xq's rows: x itself (rows = T), or with first_only one row
+ * per sequence, its first token's (rows = n_seq) -- the last block of a
+ * classifier whose head reads nothing else, which saves that block's work on
+ * every other token. Either way a row gets the values the full block gives it. */
 static void encoder_block(const distilbert *d, const distilbert_layer *L, const model_batch *b,
-                          const float *x, int T, float *xq, int rows, const block_bufs *w)
+                          const float *x, int T, bool first_only, float *xq, const block_bufs *w)
 {
-    int dim = d->dim, hd = dim / d->n_heads;
+    int dim = d->dim, hd = dim / d->n_heads, rows = first_only ? b->n_seq : T;
     eng_linear_forward(&L->k, x, T, w->k);
     eng_linear_forward(&L->v, x, T, w->v);
     eng_linear_forward(&L->q, xq, rows, w->q);
-    if (xq == x)
+    if (!first_only)
         eng_self_attention(w->q, w->k, w->v, dim, b->seq_off, b->n_seq, d->n_heads, hd, false,
                            w->ctx);
     else
@@ -148,10 +148,10 @@ static int distilbert_classify(const model *m, const model_batch *b, eng_arena *
 
     embed(d, b, x);
     for (int l = 0; l < d->n_layers - 1; l++)
-        encoder_block(d, &d->layers[l], b, x, T, x, T, &w);
+        encoder_block(d, &d->layers[l], b, x, T, false, x, &w);
     for (int s = 0; s < S; s++)
         memcpy(cls + (size_t)s * dim, x + (size_t)b->seq_off[s] * dim, (size_t)dim * sizeof *x);
-    encoder_block(d, &d->layers[d->n_layers - 1], b, x, T, cls, S, &w); /* n_layers >= 1 */
+    encoder_block(d, &d->layers[d->n_layers - 1], b, x, T, true, cls, &w); /* n_layers >= 1 */
     eng_linear_forward(&d->pre_classifier, cls, S, pre);
     eng_relu(pre, (size_t)S * dim);
     eng_linear_forward(&d->classifier, pre, S, logits);

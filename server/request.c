@@ -9,8 +9,8 @@
 enum { BODY_FLAGS = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL };
 
 typedef struct json_parse {
-    json_t *value; /* NULL when the body is not JSON: */
-    json_error_t err;
+    json_t *value;     /* NULL when the body is not JSON, and then */
+    json_error_t err;  /* jansson's reason */
 } json_parse;
 
 static void parse(const char *body, size_t len, json_parse *p)

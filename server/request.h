@@ -41,7 +41,6 @@ size_t srv_count_max(size_t max);
 int srv_reply_too_long(srv_reply *err, const char *field, int max, size_t n, size_t count_max,
                        bool hint);
 
-
 typedef struct srv_request {
     const char *query_text; /* the ?text= parameter, or NULL */
     size_t query_text_len;
