@@ -66,15 +66,22 @@ static void check_against_reference(const eng_attn_seq *seqs, int n, int heads, 
     }
 }
 
+/* The row offsets of n packed sequences of the given lengths (off: n + 1);
+ * returns the rows in all. */
+static int pack(const int *lens, int n, int *off)
+{
+    off[0] = 0;
+    for (int s = 0; s < n; s++)
+        off[s + 1] = off[s] + lens[s];
+    return off[n];
+}
+
 /* Self-attention over a packed batch of lengths 1..40: each sequence sees
  * only itself, causal or not. */
 TEST(attention_packed_batch_matches_reference)
 {
     static const int lens[] = {5, 1, 40, 17, 2, 33};
-    int n = 6, off[7] = {0};
-    for (int s = 0; s < n; s++)
-        off[s + 1] = off[s] + lens[s];
-    int T = off[n];
+    int n = 6, off[7], T = pack(lens, n, off);
     float *q = random_floats((size_t)T * DIM, 1), *k = random_floats((size_t)T * DIM, 2);
     float *v = random_floats((size_t)T * DIM, 3), *ctx = malloc((size_t)T * DIM * sizeof *ctx);
     for (int causal = 0; causal < 2; causal++) {
@@ -96,10 +103,7 @@ TEST(attention_packed_batch_matches_reference)
 TEST(attention_first_token_matches_reference)
 {
     static const int lens[] = {5, 1, 40, 17, 2, 70};
-    int n = 6, off[7] = {0};
-    for (int s = 0; s < n; s++)
-        off[s + 1] = off[s] + lens[s];
-    int T = off[n];
+    int n = 6, off[7], T = pack(lens, n, off);
     float *q = random_floats((size_t)n * DIM, 4), *k = random_floats((size_t)T * DIM, 5);
     float *v = random_floats((size_t)T * DIM, 6), *ctx = malloc((size_t)n * DIM * sizeof *ctx);
     memset(ctx, 0xff, (size_t)n * DIM * sizeof *ctx);
