@@ -276,7 +276,8 @@ void srv_json_num(srv_buf *b, double v)
     }
 }
 
-void srv_json_ranked(srv_buf *b, const float *scores, const char *const *labels, size_t n)
+void srv_json_ranked(srv_buf *b, const float *scores, const char *const *labels,
+                     const size_t *lens, size_t n)
 {
     size_t order[n ? n : 1];
     for (size_t i = 0; i < n; i++)
@@ -292,7 +293,8 @@ void srv_json_ranked(srv_buf *b, const float *scores, const char *const *labels,
         srv_buf_puts(b, i ? ",{\"score\":" : "{\"score\":");
         srv_json_num(b, scores[order[i]]);
         srv_buf_puts(b, ",\"label\":");
-        srv_json_cstr(b, labels[order[i]]);
+        const char *label = labels[order[i]];
+        srv_json_str(b, label, lens ? lens[order[i]] : strlen(label));
         srv_buf_puts(b, "}");
     }
     srv_buf_puts(b, "]");

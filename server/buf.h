@@ -34,8 +34,10 @@ static inline void srv_json_cstr(srv_buf *b, const char *s);
 void srv_json_num(srv_buf *b, double v);
 
 /* [{"score": S, "label": L}, ...] for n labels, highest score first; equal
- * scores keep the labels' order (as a stable sort does in the pipelines). */
-void srv_json_ranked(srv_buf *b, const float *scores, const char *const *labels, size_t n);
+ * scores keep the labels' order (as a stable sort does in the pipelines).
+ * lens: the labels' lengths, or NULL for C strings. */
+void srv_json_ranked(srv_buf *b, const float *scores, const char *const *labels,
+                     const size_t *lens, size_t n);
 
 #include <string.h>
 static inline void srv_json_cstr(srv_buf *b, const char *s)

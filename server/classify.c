@@ -204,7 +204,7 @@ static void format_top_label(const model *m, const float *scores, srv_buf *b)
 
 static void format_all_labels(const model *m, const float *scores, srv_buf *b)
 {
-    srv_json_ranked(b, scores, (const char *const *)m->labels, m->n_labels);
+    srv_json_ranked(b, scores, (const char *const *)m->labels, NULL, m->n_labels);
 }
 
 /* Open Inference Protocol outputs: "label" (BYTES [n]), "score" (FP32 [n])

@@ -106,7 +106,8 @@ static int alloc_texts(srv_clip_req *req, size_t n, bool labels, srv_reply *err)
 {
     req->texts = calloc(n ? n : 1, sizeof *req->texts);
     req->labels = labels ? calloc(n ? n : 1, sizeof *req->labels) : NULL;
-    if (!req->texts || (labels && !req->labels)) {
+    req->label_lens = labels ? calloc(n ? n : 1, sizeof *req->label_lens) : NULL;
+    if (!req->texts || (labels && (!req->labels || !req->label_lens))) {
         srv_reply_detail(err, 503, "out of memory");
         return -1;
     }
@@ -187,7 +188,11 @@ static int read_labels(const model *m, srv_clip_req *req, const char *const *lab
     for (size_t i = 0; i < n; i++) {
         size_t len;
         char *text = fill_template(tmpl, tmpl_len, labels[i], lens[i], &len);
-        req->labels[i] = strndup(labels[i], lens[i]);
+        if ((req->labels[i] = malloc(lens[i] + 1))) {
+            memcpy(req->labels[i], labels[i], lens[i]);
+            req->labels[i][lens[i]] = '\0';
+            req->label_lens[i] = lens[i];
+        }
         int rc = !text || !req->labels[i]
                      ? -1 : add_text(m, in, req, "candidate_labels", text, len, true, err);
         free(text);
@@ -366,6 +371,7 @@ void srv_clip_req_free(srv_clip_req *req)
             free(req->labels[i]);
     }
     free(req->images), free(req->image_len), free(req->texts), free(req->labels);
+    free(req->label_lens);
     free(req->image_emb), free(req->text_emb);
     memset(req, 0, sizeof *req);
 }
@@ -412,7 +418,7 @@ static void format_zero_shot(const model *m, const srv_clip_req *req, srv_buf *b
         sum += p[j] = expf(p[j] - max);
     for (size_t j = 0; j < n; j++)
         p[j] /= sum;
-    srv_json_ranked(b, p, (const char *const *)req->labels, n);
+    srv_json_ranked(b, p, (const char *const *)req->labels, req->label_lens, n);
 }
 
 static void format_matrix(const model *m, const srv_clip_req *req, bool per_image, srv_buf *b)

@@ -35,6 +35,7 @@ typedef struct srv_clip_req {
     tok_encoding *texts;   /* (n_texts) */
     size_t n_texts;
     char **labels;         /* (n_texts) zero-shot candidate labels, else NULL */
+    size_t *label_lens;    /* (n_texts) their lengths: a label may hold a NUL */
     /* Written by the worker. */
     float *image_emb;      /* (n_images, proj_dim), L2-normalised */
     float *text_emb;       /* (n_texts, proj_dim), L2-normalised */

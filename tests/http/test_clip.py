@@ -38,6 +38,16 @@ def clip_zero_shot_golden(d):
         close(g["score"], w["score"], 1e-4, "score of %s" % w["label"])
 
 
+@test(daemon="clip")
+def clip_zero_shot_label_with_nul(d):
+    # A label is echoed whole, a NUL and what follows included (it was cut).
+    labels = ["a cat\u0000 on a mat", "a dog"]
+    r = post_json(d, "/predict", {"inputs": b64(GOLDEN["zero_shot"]["image"]),
+                                  "parameters": {"candidate_labels": labels}})
+    eq(r.status, 200, "status (%r)" % r.body[:200])
+    eq(sorted(p["label"] for p in r.json()), sorted(labels), "the labels as sent")
+
+
 def post_upload(d, image, labels, template):
     boundary = "----predictdtest"
     parts = [("image", "x.png", image), ("candidate_labels", None, ",".join(labels).encode()),
