@@ -61,6 +61,16 @@ void srv_buf_puts(srv_buf *b, const char *s)
     srv_buf_append(b, s, strlen(s));
 }
 
+char *srv_bytes_dup(const char *s, size_t n)
+{
+    char *copy = malloc(n + 1);
+    if (copy) {
+        memcpy(copy, s, n);
+        copy[n] = '\0';
+    }
+    return copy;
+}
+
 void srv_buf_printf(srv_buf *b, const char *fmt, ...)
 {
     va_list ap;

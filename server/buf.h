@@ -22,6 +22,9 @@ void srv_buf_clear(srv_buf *b);
 void srv_buf_append(srv_buf *b, const char *s, size_t n);
 void srv_buf_puts(srv_buf *b, const char *s);
 void srv_buf_printf(srv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A NUL-terminated copy of n bytes, which may hold NULs themselves (where
+ * strndup would stop); NULL when out of memory. */
+char *srv_bytes_dup(const char *s, size_t n);
 /* Hands the data to the caller (who frees it) and empties the buffer. */
 char *srv_buf_take(srv_buf *b, size_t *len);
 

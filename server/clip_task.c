@@ -188,11 +188,8 @@ static int read_labels(const model *m, srv_clip_req *req, const char *const *lab
     for (size_t i = 0; i < n; i++) {
         size_t len;
         char *text = fill_template(tmpl, tmpl_len, labels[i], lens[i], &len);
-        if ((req->labels[i] = malloc(lens[i] + 1))) {
-            memcpy(req->labels[i], labels[i], lens[i]);
-            req->labels[i][lens[i]] = '\0';
-            req->label_lens[i] = lens[i];
-        }
+        req->labels[i] = srv_bytes_dup(labels[i], lens[i]);
+        req->label_lens[i] = lens[i];
         int rc = !text || !req->labels[i]
                      ? -1 : add_text(m, in, req, "candidate_labels", text, len, true, err);
         free(text);

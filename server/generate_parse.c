@@ -230,15 +230,13 @@ static void add_prompt(srv_gen_job *job, const char *text, size_t len)
 static int own_prompts(srv_gen_job *job, srv_reply *err)
 {
     for (size_t i = 0; i < job->n; i++) {
-        char *copy = malloc(job->prompt_text_len[i] + 1);
+        char *copy = srv_bytes_dup(job->prompt_text[i], job->prompt_text_len[i]);
         if (!copy) {
             for (size_t k = i; k < job->n; k++)
                 job->prompt_text[k] = NULL;
             srv_reply_detail(err, 503, "out of memory");
             return -1;
         }
-        memcpy(copy, job->prompt_text[i], job->prompt_text_len[i]);
-        copy[job->prompt_text_len[i]] = '\0';
         job->prompt_text[i] = copy;
     }
     return 0;

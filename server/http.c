@@ -306,8 +306,6 @@ typedef struct prep_job {
     srv_http *http;
     srv_conn *conn; /* NULL once the connection has ended */
     bool running;   /* handed to the pool */
-    void *(*prepare)(const char *body, size_t len);
-    void (*prepared_free)(void *result);
     srv_buf body;
     void *result;
 } prep_job;
@@ -315,12 +313,12 @@ typedef struct prep_job {
 static void prepare_work(uv_work_t *work)
 {
     prep_job *j = work->data;
-    j->result = j->prepare(j->body.data ? j->body.data : "", j->body.len);
+    j->result = j->http->hooks.prepare(j->body.data ? j->body.data : "", j->body.len);
 }
 
 static void prep_job_free(prep_job *j)
 {
-    j->prepared_free(j->result);
+    j->http->hooks.prepared_free(j->result);
     srv_buf_free(&j->body);
     free(j);
 }
@@ -401,8 +399,7 @@ static bool start_prepare(srv_conn *c)
     prep_job *j = calloc(1, sizeof *j);
     if (!j)
         return false;
-    *j = (prep_job){.http = h, .conn = c, .prepare = h->hooks.prepare,
-                    .prepared_free = h->hooks.prepared_free, .body = c->body};
+    *j = (prep_job){.http = h, .conn = c, .body = c->body};
     j->work.data = j;
     srv_log(SRV_LOG_DEBUG, "http: %s %s: parsing its %zu-byte body on the thread pool",
             c->method, c->path, c->body.len);

@@ -1,5 +1,6 @@
 /* The response writer: Python's float repr and json.dumps string escaping. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "server/buf.h"
 #include "tests/unit/test.h"
@@ -96,4 +97,13 @@ TEST(buf_numbers_shortest_as_scan)
                   "%.17g written %s, the scan gives %s", v, b.data, scan);
         srv_buf_free(&b);
     }
+}
+
+/* A copy of bytes with a NUL among them keeps them all, and ends in a NUL. */
+TEST(buf_bytes_dup_keeps_nuls)
+{
+    char *copy = srv_bytes_dup("a\0b", 3);
+    CHECK(copy != NULL);
+    CHECK(memcmp(copy, "a\0b\0", 4) == 0);
+    free(copy);
 }
